@@ -1,0 +1,82 @@
+# sheafalloc — build, test, bench. `make`, `make test`, `make bench`, `make check-long`.
+# Variables: SAN=address|thread (sanitizer build of libraries and tests into build-$(SAN)/).
+
+CC       ?= cc
+CXX      ?= c++
+OPT      ?= -O2
+SAN      ?=
+ifeq ($(SAN),)
+B        := build
+SANFLAGS :=
+else
+B        := build-$(SAN)
+SANFLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer
+ifeq ($(SAN),address)
+SANFLAGS += -fsanitize=undefined -fno-sanitize-recover=undefined
+endif
+endif
+
+WARN     := -Wall -Wextra -Werror
+CFLAGS   := $(OPT) -g $(WARN) -std=gnu11 -fPIC -fvisibility=hidden -pthread -Iinclude -I. $(SANFLAGS) $(EXTRA_CFLAGS)
+LIBS     := -lhwloc -lurcu-memb -lurcu-common -lpthread
+LDFLAGS  := $(SANFLAGS)
+
+LIB_SRCS := $(wildcard alloc/*.c barn/*.c sheaf/*.c)
+LIB_OBJS := $(patsubst %.c,$(B)/obj/%.o,$(LIB_SRCS))
+HDRS     := $(wildcard include/*.h include/sheafalloc/*.h alloc/*.h barn/*.h sheaf/*.h sheaf/arch/*/*.h)
+
+TEST_SRCS := $(wildcard tests/unit/*.c tests/integration/*.c tests/stress/*.c)
+TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
+TEST_HDRS := $(wildcard tests/*.h)
+
+.PHONY: all lib deps test check-long bench format tidy clean install
+all: lib
+lib: $(B)/libsheafalloc.so $(B)/libsheafalloc.a
+
+$(B)/obj/%.o: %.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/libsheafalloc.so: $(LIB_OBJS) exports.map
+	$(CC) -shared -o $@ $(LIB_OBJS) $(LDFLAGS) -Wl,--version-script=exports.map -Wl,-z,nodelete \
+		-Wl,-soname,libsheafalloc.so $(LIBS)
+
+$(B)/libsheafalloc.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $(LIB_OBJS)
+
+# Tests link the static library: white-box tests may call internal (hidden) functions.
+$(B)/tests/%: tests/%.c $(B)/libsheafalloc.a $(TEST_HDRS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libsheafalloc.a $(LDFLAGS) -lcmocka $(LIBS) -lm
+
+deps:
+	@scripts/deps.sh build
+
+test:
+	@scripts/deps.sh test
+	@$(MAKE) --no-print-directory lib tests-build
+	@B=$(B) tests/run.sh quick
+
+tests-build: $(TEST_BINS)
+
+# Long stress, both per-CPU modes, sanitizers, valgrind. Run by CI.
+check-long:
+	@scripts/deps.sh test
+	@$(MAKE) --no-print-directory lib tests-build
+	@B=$(B) tests/run.sh long
+
+bench:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory lib
+	@$(MAKE) --no-print-directory -C bench run B=$(abspath $(B))
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cc')
+
+tidy:
+	cppcheck --quiet --enable=warning,performance,portability --inline-suppr --error-exitcode=1 \
+		-Iinclude -I. $(LIB_SRCS)
+
+clean:
+	rm -rf build build-*

@@ -1,0 +1,305 @@
+/*
+ * alloc/cache.c — slab caches: create, destroy, alloc, free, bulk, shrink (docs/design.md §2-§4).
+ *
+ * Owns: struct sa_cache and the public sa_cache_* entry points. The fast paths here are one
+ * rseq section each (sheaf/pcs_inline.h); every miss is one call into sheaf/pcs.c.
+ * A cache's geometry (stride, slab size, capacity) is fixed at creation and read without locks.
+ * The cache list is protected by sa_caches_lock (rank 1).
+ *
+ * Free validates the pointer before it touches anything: it must lie in one of our segments
+ * (sa_segmap), in a unit that belongs to this cache. Anything else is reported and ignored:
+ * never pushed into a sheaf.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "sheaf/pcs_inline.h"
+
+static unsigned auto_capacity(size_t stride)
+{
+	/* header + capacity * 8 fills a power-of-two metadata block: 1 KiB, 512, 256, 128 */
+	if (stride <= 128)
+		return 120;
+	if (stride <= 512)
+		return 56;
+	if (stride <= 2048)
+		return 24;
+	return 8;
+}
+
+static int is_pow2(size_t x)
+{
+	return x && !(x & (x - 1));
+}
+
+SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
+					const struct sa_cache_args *args)
+{
+	static const struct sa_cache_args defaults;
+	sa_ensure_init();
+	if (!args)
+		args = &defaults;
+	if (!name)
+		name = "(unnamed)";
+	if (size == 0 || size > SA_CACHE_MAX_SIZE) {
+		sa_msg("sheafalloc: sa_cache_create('%s'): object size %zu is out of range 1..%lu\n",
+		       name, size, SA_CACHE_MAX_SIZE);
+		errno = EINVAL;
+		return NULL;
+	}
+	if (args->align && (!is_pow2(args->align) || args->align > SA_CACHE_MAX_ALIGN)) {
+		sa_msg("sheafalloc: sa_cache_create('%s'): alignment %zu is not a power of two up "
+		       "to %lu\n",
+		       name, args->align, SA_CACHE_MAX_ALIGN);
+		errno = EINVAL;
+		return NULL;
+	}
+	if (args->flags & ~(SA_CACHE_TYPESAFE_RCU | SA_CACHE_HWCACHE_ALIGN | SA_CACHE_DEBUG)) {
+		sa_msg("sheafalloc: sa_cache_create('%s'): unknown flags %#x\n", name, args->flags);
+		errno = EINVAL;
+		return NULL;
+	}
+	size_t align = args->align ? args->align : 8;
+	if (align < 8)
+		align = 8;
+	if ((args->flags & SA_CACHE_HWCACHE_ALIGN) && align < SA_CACHELINE && size > SA_CACHELINE / 2)
+		align = SA_CACHELINE;
+	size_t freeptr_off = 0, stride;
+	if (args->ctor || (args->flags & SA_CACHE_TYPESAFE_RCU)) {
+		/* the free link must not overwrite constructed (or RCU-visible) state */
+		freeptr_off = (size + 7) & ~(size_t)7;
+		stride = (freeptr_off + sizeof(void *) + align - 1) & ~(align - 1);
+	} else {
+		stride = (size + align - 1) & ~(align - 1);
+	}
+	size_t units = (stride * 8 + SA_UNIT_SIZE - 1) / SA_UNIT_SIZE;
+	if (units > 32)
+		units = (stride * 2 + SA_UNIT_SIZE - 1) / SA_UNIT_SIZE;
+	if (units < 1)
+		units = 1;
+	if (units > SA_UNITS_PER_SEG - 1) {
+		errno = EINVAL;
+		return NULL;
+	}
+	unsigned capacity = args->sheaf_capacity ? args->sheaf_capacity
+			    : sa_opt.sheaf_capacity  ? sa_opt.sheaf_capacity
+						     : auto_capacity(stride);
+
+	struct sa_cache *c = sa_meta_alloc(sizeof(*c));
+	if (!c) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	c->slots = sa_meta_alloc(sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
+	if (!c->slots) {
+		sa_meta_free(c, sizeof(*c));
+		errno = ENOMEM;
+		return NULL;
+	}
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		c->slots[cpu].sh[0] = c->slots[cpu].sh[1] = &sa_sheaf_sentinel;
+		c->slots[cpu].rcu = &sa_sheaf_sentinel;
+		c->slots[cpu].node = sa_topo_cpu_node(cpu);
+	}
+	for (int i = 0; i < sa_nr_nodes; i++) {
+		c->nodes[i] = sa_meta_alloc(sizeof(struct sa_cache_node));
+		if (!c->nodes[i]) {
+			for (int k = 0; k < i; k++)
+				sa_meta_free(c->nodes[k], sizeof(struct sa_cache_node));
+			sa_meta_free(c->slots, sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
+			sa_meta_free(c, sizeof(*c));
+			errno = ENOMEM;
+			return NULL;
+		}
+		pthread_mutex_init(&c->nodes[i]->lock, NULL);
+		sa_barn_init(&c->nodes[i]->barn);
+	}
+	pthread_mutex_init(&c->drain_lock, NULL);
+	c->size = (uint32_t)size;
+	c->stride = (uint32_t)stride;
+	c->align = (uint32_t)align;
+	c->capacity = capacity;
+	c->freeptr_off = (uint32_t)freeptr_off;
+	c->flags = args->flags;
+	c->ctor = args->ctor;
+	c->slab_units = (uint32_t)units;
+	c->slab_objs = (uint32_t)(units * SA_UNIT_SIZE / stride);
+	c->barn_max_full = sa_opt.barn_max_full;
+	c->barn_max_empty = sa_opt.barn_max_empty;
+	strncpy(c->name, name, sizeof(c->name) - 1);
+	pthread_mutex_lock(&sa_caches_lock);
+	c->next = sa_caches;
+	sa_caches = c;
+	pthread_mutex_unlock(&sa_caches_lock);
+	return c;
+}
+
+SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *why)
+{
+	if (!obj)
+		return;
+	sa_msg("sheafalloc: free of %p%s%s%s: %s; ignored\n", obj, c ? " to cache '" : "",
+	       c ? c->name : "", c ? "'" : "", why);
+}
+
+void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node)
+{
+	void *obj = sa_slab_alloc_one(c, node, flags);
+	if (SA_LIKELY(obj != NULL)) {
+		sa_stat_add(c, SA_STAT_ALLOC_SLOW, 1);
+		return obj;
+	}
+	sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
+	if (!(flags & (SA_NOWARN | SA_NOWAIT)))
+		sa_msg("sheafalloc: cache '%s': out of memory\n", c->name);
+	errno = ENOMEM;
+	return NULL;
+}
+
+SA_API void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
+{
+	int why = 0;
+	void *obj = sa_pcs_pop_fast(c, &why);
+	if (SA_LIKELY(obj != NULL)) {
+		if (SA_UNLIKELY(flags & SA_ZERO))
+			memset(obj, 0, c->size);
+		return obj;
+	}
+	return sa_pcs_alloc_slow(c, flags, why);
+}
+
+SA_API void sa_cache_free(struct sa_cache *c, void *obj)
+{
+	struct sa_slab *s = sa_slab_of(obj);
+	if (SA_UNLIKELY(!s || s->cache != c)) {
+		sa_cache_bad_free(c, obj, s ? "not an object of this cache" : "not a sheafalloc object");
+		return;
+	}
+	int why = sa_pcs_push_fast(c, obj, s->node);
+	if (SA_UNLIKELY(why))
+		sa_pcs_free_slow(c, obj, s->node, why);
+}
+
+SA_API void sa_free(void *obj)
+{
+	struct sa_slab *s = sa_slab_of(obj);
+	struct sa_cache *c = s ? s->cache : NULL;
+	if (SA_UNLIKELY(!c)) {
+		sa_cache_bad_free(NULL, obj, "not a sheafalloc object");
+		return;
+	}
+	int why = sa_pcs_push_fast(c, obj, s->node);
+	if (SA_UNLIKELY(why))
+		sa_pcs_free_slow(c, obj, s->node, why);
+}
+
+SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
+{
+	if (node < 0 || node == sa_pcs_current_node(c))
+		return sa_cache_alloc(c, flags);
+	if (node >= sa_nr_nodes) {
+		if (!(flags & SA_NOWARN))
+			sa_msg("sheafalloc: sa_cache_alloc_node('%s'): no node %d (the topology has "
+			       "%d)\n",
+			       c->name, node, sa_nr_nodes);
+		errno = EINVAL;
+		return NULL;
+	}
+	sa_stat_add(c, SA_STAT_ALLOC_NODE_MISMATCH, 1);
+	void *obj = sa_cache_alloc_slab_direct(c, flags, node);
+	if (obj && (flags & SA_ZERO))
+		memset(obj, 0, c->size);
+	return obj;
+}
+
+SA_API size_t sa_cache_alloc_bulk(struct sa_cache *c, sa_flags_t flags, size_t n, void **objs)
+{
+	for (size_t i = 0; i < n; i++) {
+		objs[i] = sa_cache_alloc(c, flags);
+		if (SA_UNLIKELY(!objs[i])) {
+			sa_cache_free_bulk(c, i, objs); /* all or nothing, like the kernel */
+			return 0;
+		}
+	}
+	return n;
+}
+
+SA_API void sa_cache_free_bulk(struct sa_cache *c, size_t n, void **objs)
+{
+	for (size_t i = 0; i < n; i++)
+		sa_cache_free(c, objs[i]);
+}
+
+/* Flush every sheaf of c (per-CPU and barns) to slabs and release empty slabs beyond keep. */
+static void cache_flush_all(struct sa_cache *c, unsigned keep_empty)
+{
+	sa_pcs_drain(c);
+	for (int i = 0; i < sa_nr_nodes; i++) {
+		struct sa_sheaf *s = sa_barn_take_all(&c->nodes[i]->barn);
+		while (s) {
+			struct sa_sheaf *next = s->next;
+			sa_sheaf_flush(c, s);
+			sa_sheaf_free(c, s);
+			s = next;
+		}
+		sa_slab_shrink(c, i, keep_empty);
+	}
+}
+
+SA_API int sa_cache_shrink(struct sa_cache *c)
+{
+	if (!c)
+		return -EINVAL;
+	cache_flush_all(c, 0);
+	return 0;
+}
+
+SA_API void sa_cache_destroy(struct sa_cache *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache **p = &sa_caches; *p; p = &(*p)->next) {
+		if (*p == c) {
+			*p = c->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&sa_caches_lock);
+	cache_flush_all(c, 0);
+	uint64_t live = sa_slab_inuse_racy(c);
+	if (live) {
+		/* objects still out there may be freed later: keep the cache and their slabs */
+		sa_msg("sheafalloc: sa_cache_destroy: cache '%s' still has %llu object(s) in use; "
+		       "their memory is kept\n",
+		       c->name, (unsigned long long)live);
+		return;
+	}
+	for (int i = 0; i < sa_nr_nodes; i++)
+		sa_meta_free(c->nodes[i], sizeof(struct sa_cache_node));
+	sa_meta_free(c->slots, sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
+	sa_meta_free(c, sizeof(*c));
+}
+
+SA_API int sa_object_node(const void *obj)
+{
+	struct sa_slab *s = sa_slab_of(obj);
+	if (!s || !__atomic_load_n(&s->cache, __ATOMIC_ACQUIRE))
+		return -1;
+	return s->node;
+}
+
+SA_API const char *sa_cache_name(const struct sa_cache *c)
+{
+	return c ? c->name : NULL;
+}
+
+SA_API size_t sa_cache_object_size(const struct sa_cache *c)
+{
+	return c ? (c->freeptr_off ? c->freeptr_off : c->stride) : 0;
+}
+
+SA_API unsigned sa_cache_sheaf_capacity(const struct sa_cache *c)
+{
+	return c ? c->capacity : 0;
+}

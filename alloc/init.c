@@ -1,0 +1,117 @@
+/*
+ * alloc/init.c — process-wide start-up and fork handling (docs/design.md §6).
+ *
+ * Owns: sa_nr_cpus, sa_nr_nodes, sa_ready, the cache list and its lock (rank 1).
+ * sa_init_slow runs once, under init_lock: options, per-CPU mode, topology, atexit and atfork
+ * handlers; then publishes sa_ready with a release store. A re-entrant call from the same thread
+ * while it is initializing (hwloc allocating through a preloaded malloc) returns at once and the
+ * caller proceeds as on a one-node machine.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sheaf/pcs_inline.h"
+
+int sa_nr_cpus = 1;
+int sa_nr_nodes = 1;
+bool sa_ready;
+pthread_mutex_t sa_caches_lock = PTHREAD_MUTEX_INITIALIZER;
+struct sa_cache *sa_caches;
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread int initializing __attribute__((tls_model("initial-exec")));
+
+void sa_stats_at_exit(void);
+
+/* Highest possible CPU + 1, from /sys (read without allocating), at least _SC_NPROCESSORS_CONF. */
+static int possible_cpus(void)
+{
+	long conf = sysconf(_SC_NPROCESSORS_CONF);
+	int n = conf > 0 ? (int)conf : 1;
+	int fd = open("/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		char buf[256];
+		ssize_t r = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (r > 0) {
+			buf[r] = 0;
+			long max = -1, cur = 0;
+			int have = 0;
+			for (char *p = buf; *p; p++) {
+				if (*p >= '0' && *p <= '9') {
+					cur = cur * 10 + (*p - '0');
+					have = 1;
+				} else {
+					if (have && cur > max)
+						max = cur;
+					cur = 0;
+					have = 0;
+				}
+			}
+			if (have && cur > max)
+				max = cur;
+			if (max + 1 > n)
+				n = (int)max + 1;
+		}
+	}
+	return n;
+}
+
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache *c = sa_caches; c; c = c->next) {
+		pthread_mutex_lock(&c->drain_lock);
+		for (int i = 0; i < sa_nr_nodes; i++) {
+			pthread_mutex_lock(&c->nodes[i]->barn.lock);
+			pthread_mutex_lock(&c->nodes[i]->lock);
+		}
+	}
+	sa_segment_atfork(0);
+}
+
+static void atfork_release(void)
+{
+	sa_segment_atfork(1);
+	for (struct sa_cache *c = sa_caches; c; c = c->next) {
+		for (int i = sa_nr_nodes - 1; i >= 0; i--) {
+			pthread_mutex_unlock(&c->nodes[i]->lock);
+			pthread_mutex_unlock(&c->nodes[i]->barn.lock);
+		}
+		pthread_mutex_unlock(&c->drain_lock);
+	}
+	pthread_mutex_unlock(&sa_caches_lock);
+}
+
+void sa_init_slow(void)
+{
+	if (initializing)
+		return;
+	pthread_mutex_lock(&init_lock);
+	if (!sa_ready) {
+		initializing = 1;
+		sa_nr_cpus = possible_cpus();
+		sa_options_parse(getenv("SHEAFALLOC_OPTIONS"));
+		sa_pcs_init_mode();
+		sa_topo_init();
+		if (sa_opt.verbose) {
+			sa_msg("sheafalloc: per-CPU mode %s, %d possible CPUs, %d NUMA node(s)\n",
+			       sa_percpu_mode(), sa_nr_cpus, sa_nr_nodes);
+			sa_options_print(2);
+		}
+		if (sa_opt.stats_print)
+			atexit(sa_stats_at_exit);
+		pthread_atfork(atfork_prepare, atfork_release, atfork_release);
+		initializing = 0;
+		__atomic_store_n(&sa_ready, true, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&init_lock);
+}
+
+void sa_init(void)
+{
+	sa_ensure_init();
+}

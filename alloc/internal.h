@@ -1,0 +1,339 @@
+/*
+ * alloc/internal.h — the structures every layer shares, and the internal API between layers.
+ *
+ * Glossary (docs/design.md §1 tells the whole story):
+ *   segment  4 MiB of address space aligned to 4 MiB, mapped for one NUMA node. Its first 64 KiB
+ *            unit holds the segment header (struct sa_segment) with one struct sa_slab per unit.
+ *   unit     64 KiB of a segment; a slab is a run of 1..63 units.
+ *   slab     objects of one cache carved from a unit run; free objects form an intrusive list.
+ *   sheaf    an array of free object pointers of one cache and one node (struct sa_sheaf).
+ *   slot     a cache's per-CPU record: main and spare sheaf, stop flag, node (struct sa_pcs_slot).
+ *   barn     per cache and node: bounded lists of full and empty sheaves (struct sa_barn).
+ *
+ * Lock order (never take a lower-numbered lock while holding a higher one):
+ *   1. sa_caches_lock      the list of caches (create, destroy, stats walk, atfork)
+ *   2. slot (fallback mode) per-CPU slot spinlock; in rseq mode a slot is not a lock
+ *   3. barn->lock          one barn's lists; never held across a slab operation
+ *   4. cnode->lock         one cache's slabs on one node (partial list, slab freelists)
+ *   5. pages->lock         one node's segments and their free units
+ *   6. sa_meta_lock        the internal metadata allocator
+ * No lock is held across user code (constructors run with no lock held).
+ */
+#ifndef SA_ALLOC_INTERNAL_H
+#define SA_ALLOC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "include/sheafalloc.h"
+
+#define SA_API __attribute__((visibility("default")))
+#define SA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SA_NOINLINE __attribute__((noinline))
+#define SA_COLD __attribute__((cold, noinline))
+#define SA_CACHELINE 64
+
+#define SA_SEG_SHIFT 22
+#define SA_SEG_SIZE (1ul << SA_SEG_SHIFT)
+#define SA_UNIT_SHIFT 16
+#define SA_UNIT_SIZE (1ul << SA_UNIT_SHIFT)
+#define SA_UNITS_PER_SEG (1u << (SA_SEG_SHIFT - SA_UNIT_SHIFT))
+#define SA_MAX_NODES 64
+#define SA_CACHE_MAX_SIZE (1ul << 20) /* largest object a cache serves */
+#define SA_CACHE_MAX_ALIGN SA_UNIT_SIZE
+#define SA_ADDR_BITS 47
+
+/* ---------------------------------------------------------------- stats (docs/api.md) ------- */
+enum sa_stat_item {
+	SA_STAT_ALLOC_FAST,        /* folded from sheaf op counters, see sheaf/pcs.c */
+	SA_STAT_ALLOC_SLOW,        /* object straight from slabs */
+	SA_STAT_FREE_FAST,         /* folded from sheaf op counters */
+	SA_STAT_FREE_SLOW,         /* object straight to slabs */
+	SA_STAT_SPARE_SWAP_ALLOC,  /* main empty: swapped with a non-empty spare */
+	SA_STAT_SPARE_SWAP_FREE,   /* main full: swapped with a spare with room */
+	SA_STAT_BARN_GET,          /* full sheaf from the barn */
+	SA_STAT_BARN_GET_FAIL,     /* barn had no full sheaf */
+	SA_STAT_BARN_PUT,          /* full sheaf into the barn */
+	SA_STAT_BARN_PUT_FAIL,     /* barn at its full limit: flushed instead */
+	SA_STAT_REFILL,            /* sheaf refilled from slabs */
+	SA_STAT_REFILL_OBJECTS,    /* objects moved slabs -> sheaves */
+	SA_STAT_FLUSH,             /* sheaf flushed to slabs */
+	SA_STAT_FLUSH_OBJECTS,     /* objects moved sheaves -> slabs */
+	SA_STAT_SHEAF_NEW,         /* sheaf structs allocated */
+	SA_STAT_SHEAF_FREED,       /* sheaf structs freed */
+	SA_STAT_PREFILL_FAST,      /* prefill without a slab refill */
+	SA_STAT_PREFILL_SLOW,      /* prefill that refilled from slabs */
+	SA_STAT_PREFILL_OVERSIZE,  /* prefill above the cache's capacity */
+	SA_STAT_RETURN_FAST,       /* returned sheaf became the spare */
+	SA_STAT_RETURN_SLOW,       /* returned sheaf went to the barn or was flushed */
+	SA_STAT_SHEAF_ALLOC,       /* objects taken with sa_sheaf_alloc */
+	SA_STAT_REMOTE_FREE,       /* object of another node freed on this CPU */
+	SA_STAT_ALLOC_NODE_MISMATCH, /* alloc_node for a node other than this CPU's */
+	SA_STAT_ALLOC_FAIL,        /* NULL returned */
+	SA_STAT_SLAB_ALLOC,        /* slabs created */
+	SA_STAT_SLAB_FREE,         /* slabs released to the page layer */
+	SA_STAT_REMOTE_FENCE,      /* remote slot rounds (one membarrier each in rseq mode) */
+	SA_NR_STATS
+};
+
+/* ---------------------------------------------------------------- sheaves (sheaf/) ----------- */
+/*
+ * A sheaf: a LIFO array of free objects of one cache and one node.
+ * Ownership: installed in a slot, it belongs to that slot's CPU (rseq) or slot lock (fallback);
+ * otherwise to the one thread holding it (taken out of a slot or a barn, or prefilled by a user).
+ * `state` packs the size (low 32 bits) and a count of fast-path operations since the sheaf was
+ * installed (high 32 bits), so one store commits both (sheaf/pcs.c "fast-path counting").
+ */
+struct sa_sheaf {
+	union {
+		uint64_t state; /* owner */
+		struct {
+			uint32_t size; /* valid objects in objects[] */
+			uint32_t ops;  /* fast pops + pushes since install */
+		};
+	};
+	uint32_t capacity;      /* slots in objects[]; 0 only for the sentinel */
+	int32_t node;           /* node of every object in it; -1 for the sentinel */
+	struct sa_sheaf *next;  /* barn list link (barn->lock) */
+	struct sa_cache *cache; /* owning cache */
+	uint32_t install_size;  /* size when installed in a slot (owner) */
+	uint32_t flags;         /* SA_SHEAF_* */
+	uint64_t taken;         /* prefilled: objects handed out by sa_sheaf_alloc */
+	uint64_t pad[2];
+	void *objects[]; /* at offset 64 (asm relies on it) */
+};
+#define SA_SHEAF_OVERSIZE 1u  /* capacity differs from the cache's: flushed and freed on return */
+#define SA_SHEAF_PREFILLED 2u /* held by a user through the sheaf API */
+#define SA_SHEAF_HDR 64
+
+_Static_assert(offsetof(struct sa_sheaf, objects) == SA_SHEAF_HDR, "asm offsets");
+_Static_assert(offsetof(struct sa_sheaf, capacity) == 8, "asm offsets");
+
+extern struct sa_sheaf sa_sheaf_sentinel; /* empty and full at once: capacity 0 */
+
+/*
+ * Per-CPU slot of a cache: 64 bytes, one per possible CPU.
+ * main = sh[cur], spare = sh[cur ^ 1]; both never NULL (the sentinel stands for "none").
+ */
+struct sa_pcs_slot {
+	uint32_t stopped;      /* rseq: set by a remote thread that owns the slot (fence follows) */
+	uint32_t cur;          /* owner CPU (rseq) / lock (fallback) */
+	struct sa_sheaf *sh[2]; /* owner CPU (rseq) / lock (fallback) */
+	struct sa_sheaf *rcu;  /* reserved for sa_free_rcu batching */
+	int32_t node;          /* node of this CPU; written at creation and topology load */
+	uint32_t lock;         /* fallback mode spinlock */
+	uint64_t pad[3];
+} __attribute__((aligned(SA_CACHELINE)));
+_Static_assert(sizeof(struct sa_pcs_slot) == 64, "slot is one line");
+_Static_assert(offsetof(struct sa_pcs_slot, sh) == 8, "asm offsets");
+_Static_assert(offsetof(struct sa_pcs_slot, node) == 32, "asm offsets");
+
+/* ---------------------------------------------------------------- barns (barn/) ------------- */
+struct sa_barn {
+	pthread_mutex_t lock;
+	struct sa_sheaf *full;  /* barn->lock; sheaves with size > 0 */
+	struct sa_sheaf *empty; /* barn->lock; sheaves with size == 0 */
+	unsigned nr_full;       /* barn->lock; read racy for limit pre-checks */
+	unsigned nr_empty;      /* barn->lock; read racy */
+};
+
+/* ---------------------------------------------------------------- slabs (alloc/slab.c) ------ */
+/* One per unit of a segment. Fields of a slab's head unit describe the slab; a continuation
+ * unit carries cache and node too (so free never needs the head) and head points to the first. */
+struct sa_slab {
+	struct sa_cache *cache; /* owner; NULL when the unit is free. Written before publication */
+	struct sa_slab *head;   /* first unit of this slab */
+	void *freelist;         /* cnode->lock: free objects, linked at cache->freeptr_off */
+	char *bump;             /* cnode->lock: next never-carved object */
+	struct sa_slab *next;   /* cnode->lock: partial list */
+	struct sa_slab *prev;   /* cnode->lock */
+	uint32_t inuse;         /* cnode->lock: objects carved and not on the freelist */
+	uint32_t nobjs;         /* objects this slab holds */
+	int32_t node;           /* node of the segment */
+	uint16_t nunits;        /* units in this slab */
+	uint16_t on_partial;    /* cnode->lock */
+};
+_Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
+
+#define SA_SEG_MAGIC 0x5368656166536567ull
+struct sa_segment {
+	uint64_t magic;
+	int32_t node;
+	uint32_t nfree;           /* pages->lock: free units */
+	uint64_t free_units;      /* pages->lock: bit i set = unit i free (bit 0 is the header) */
+	struct sa_segment *next;  /* pages->lock: node's segment list */
+	uint64_t pad[4];
+	struct sa_slab slabs[SA_UNITS_PER_SEG]; /* slabs[0] unused (header unit) */
+};
+
+/* ---------------------------------------------------------------- caches (alloc/cache.c) ---- */
+struct sa_cache_node {
+	pthread_mutex_t lock;
+	struct sa_slab *partial; /* lock: slabs with free or uncarved objects */
+	struct sa_slab *partial_tail; /* lock */
+	uint32_t nr_partial;     /* lock */
+	uint32_t nr_empty;       /* lock: partial slabs with inuse == 0 */
+	uint64_t nr_slabs;       /* lock */
+	uint64_t units;          /* lock: units held by this cache on this node */
+	uint64_t objs_out;       /* lock: objects carved and not on a slab freelist */
+	struct sa_barn barn;
+} __attribute__((aligned(SA_CACHELINE)));
+
+struct sa_cache {
+	/* read-mostly, fast path */
+	struct sa_pcs_slot *slots; /* [sa_nr_cpus] */
+	uint32_t stride;           /* bytes between objects */
+	uint32_t size;             /* requested object size */
+	uint32_t align;
+	uint32_t capacity;         /* sheaf capacity */
+	uint32_t freeptr_off;      /* where a free object keeps its link */
+	uint32_t flags;            /* SA_CACHE_* */
+	void (*ctor)(void *obj);
+	uint32_t slab_units;
+	uint32_t slab_objs;
+	uint32_t barn_max_full;
+	uint32_t barn_max_empty;
+	struct sa_cache *next; /* sa_caches_lock */
+	pthread_mutex_t drain_lock; /* serializes remote work on the slots (shrink, destroy) */
+	struct sa_cache_node *nodes[SA_MAX_NODES];
+	char name[64];
+	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
+	_Atomic uint64_t bind_failures;
+};
+
+/* ---------------------------------------------------------------- globals ------------------- */
+extern int sa_nr_cpus;   /* possible CPUs (_SC_NPROCESSORS_CONF) */
+extern int sa_nr_nodes;  /* nodes of the topology in use */
+extern bool sa_ready;    /* sa_init finished */
+extern pthread_mutex_t sa_caches_lock;
+extern struct sa_cache *sa_caches; /* sa_caches_lock */
+
+void sa_init(void);
+void sa_init_slow(void);
+static inline void sa_ensure_init(void)
+{
+	if (SA_UNLIKELY(!__atomic_load_n(&sa_ready, __ATOMIC_ACQUIRE)))
+		sa_init_slow();
+}
+
+static inline void sa_stat_add(struct sa_cache *c, enum sa_stat_item i, uint64_t n)
+{
+	atomic_fetch_add_explicit(&c->stat[i], n, memory_order_relaxed);
+}
+
+/* options (alloc/options.c) */
+struct sa_options {
+	unsigned sheaf_capacity; /* 0: auto */
+	unsigned barn_max_full;
+	unsigned barn_max_empty;
+	int percpu_fallback;     /* percpu=fallback */
+	size_t limit;
+	int stats_print;         /* 0 no, 1 text, 2 json */
+	unsigned debug;
+	int scope_check_abort;
+	unsigned purge_ms;
+	int verbose;
+};
+extern struct sa_options sa_opt;
+void sa_options_parse(const char *s);
+void sa_options_print(int fd);
+
+/* messages (alloc/options.c): formatted into a stack buffer, one write(2); never allocates */
+void sa_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* metadata allocator (alloc/meta.c): zeroed, 64-byte aligned, never from sa caches */
+void *sa_meta_alloc(size_t size);
+void sa_meta_free(void *p, size_t size);
+
+/* segments and units (alloc/segment.c) */
+extern uint64_t sa_segmap[1ul << (SA_ADDR_BITS - SA_SEG_SHIFT - 6)];
+static inline struct sa_segment *sa_segment_of(const void *p)
+{
+	uintptr_t a = (uintptr_t)p;
+	uintptr_t i = a >> SA_SEG_SHIFT;
+	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
+		return NULL;
+	if (SA_UNLIKELY(!(sa_segmap[i >> 6] & (1ull << (i & 63)))))
+		return NULL;
+	return (struct sa_segment *)(a & ~(SA_SEG_SIZE - 1));
+}
+static inline struct sa_slab *sa_slab_of(const void *p)
+{
+	struct sa_segment *seg = sa_segment_of(p);
+	if (SA_UNLIKELY(!seg))
+		return NULL;
+	return &seg->slabs[((uintptr_t)p >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
+}
+static inline char *sa_slab_base(const struct sa_slab *s)
+{
+	const struct sa_segment *seg = (const struct sa_segment *)((uintptr_t)s & ~(SA_SEG_SIZE - 1));
+	return (char *)seg + (size_t)(s - seg->slabs) * SA_UNIT_SIZE;
+}
+struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
+				       _Atomic uint64_t *bind_failures);
+void sa_segment_free_units(struct sa_slab *head);
+uint64_t sa_segment_bind_failures(void);
+size_t sa_segment_mapped_bytes(void);
+void sa_segment_atfork(int phase);
+
+/* slabs (alloc/slab.c); every function takes and drops cnode->lock itself */
+unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags);
+void *sa_slab_alloc_one(struct sa_cache *c, int node, sa_flags_t flags);
+void sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n);
+void sa_slab_free_one(struct sa_cache *c, void *obj);
+void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
+uint64_t sa_slab_inuse_racy(struct sa_cache *c); /* objects out of slabs (in use + cached) */
+
+/* barns (barn/barn.c) */
+void sa_barn_init(struct sa_barn *b);
+struct sa_sheaf *sa_barn_get_full(struct sa_barn *b, sa_flags_t flags);
+struct sa_sheaf *sa_barn_get_empty(struct sa_barn *b, sa_flags_t flags);
+void sa_barn_put_full(struct sa_barn *b, struct sa_sheaf *s);
+void sa_barn_put_empty(struct sa_barn *b, struct sa_sheaf *s);
+struct sa_sheaf *sa_barn_take_all(struct sa_barn *b); /* both lists, chained by next */
+static inline unsigned sa_barn_nr_full_racy(const struct sa_barn *b)
+{
+	return __atomic_load_n(&b->nr_full, __ATOMIC_RELAXED);
+}
+static inline unsigned sa_barn_nr_empty_racy(const struct sa_barn *b)
+{
+	return __atomic_load_n(&b->nr_empty, __ATOMIC_RELAXED);
+}
+
+/* topology (barn/topo.c) */
+void sa_topo_init(void);
+int sa_topo_cpu_node(int cpu);
+int sa_topo_bind(void *addr, size_t len, int node); /* 0 ok, -1 failed (tolerated) */
+int sa_topo_loaded(void);
+
+/* sheaves (sheaf/sheaf.c) */
+struct sa_sheaf *sa_sheaf_new(struct sa_cache *c, unsigned capacity, int node, sa_flags_t flags);
+void sa_sheaf_free(struct sa_cache *c, struct sa_sheaf *s);
+unsigned sa_sheaf_fill(struct sa_cache *c, struct sa_sheaf *s, unsigned upto, sa_flags_t flags);
+void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s);
+void sa_sheaf_dispose(struct sa_cache *c, struct sa_sheaf *s);
+
+/* per-CPU layer (sheaf/pcs.c, sheaf/rseq.c) */
+void sa_pcs_init_mode(void);
+int sa_pcs_current_cpu(void);
+void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why);
+void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int why);
+void sa_pcs_drain(struct sa_cache *c);
+int sa_pcs_current_node(struct sa_cache *c);
+int sa_rseq_thread_ready(void);
+void sa_rseq_fence_all(void);
+void sa_pcs_fold(struct sa_cache *c, struct sa_sheaf *s);
+void sa_pcs_stats_racy(struct sa_cache *c, uint64_t *allocs, uint64_t *frees, uint64_t *cached);
+void sa_pcs_set_nodes(struct sa_cache *c);
+struct sa_sheaf *sa_pcs_take_spare(struct sa_cache *c);
+int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s);
+
+/* cache internals (alloc/cache.c) */
+SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *why);
+void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node);
+
+#endif

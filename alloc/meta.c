@@ -1,0 +1,91 @@
+/*
+ * alloc/meta.c — the allocator's own metadata memory (docs/design.md §6).
+ *
+ * Owns: memory for cache structs, per-CPU slot arrays and sheaves. Never comes from sa caches
+ * (no recursion, usable before anything is initialized). Power-of-two classes from 64 B to
+ * 64 KiB, carved from 1 MiB mmap chunks, recycled through per-class free lists; larger requests
+ * are mmap'ed directly. Everything returned is zeroed and 64-byte aligned. sa_meta_lock
+ * (rank 6, innermost) protects the lists and the current chunk.
+ */
+#include <string.h>
+#include <sys/mman.h>
+
+#include "alloc/internal.h"
+
+#define META_MIN_SHIFT 6
+#define META_MAX_SHIFT 16
+#define META_CHUNK (1ul << 20)
+
+struct meta_free {
+	struct meta_free *next;
+};
+
+static pthread_mutex_t sa_meta_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct meta_free *meta_lists[META_MAX_SHIFT + 1]; /* sa_meta_lock */
+static char *chunk_cur, *chunk_end;                      /* sa_meta_lock */
+static size_t meta_mapped;                               /* sa_meta_lock */
+
+static unsigned meta_class(size_t size)
+{
+	unsigned s = META_MIN_SHIFT;
+	while ((1ul << s) < size)
+		s++;
+	return s;
+}
+
+void *sa_meta_alloc(size_t size)
+{
+	if (size > (1ul << META_MAX_SHIFT)) {
+		void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		return p == MAP_FAILED ? NULL : p;
+	}
+	unsigned cls = meta_class(size);
+	size_t sz = 1ul << cls;
+	void *p = NULL;
+	pthread_mutex_lock(&sa_meta_lock);
+	if (meta_lists[cls]) {
+		struct meta_free *f = meta_lists[cls];
+		meta_lists[cls] = f->next;
+		p = f;
+	} else {
+		if ((size_t)(chunk_end - chunk_cur) < sz) {
+			char *c = mmap(NULL, META_CHUNK, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (c == MAP_FAILED) {
+				pthread_mutex_unlock(&sa_meta_lock);
+				return NULL;
+			}
+			chunk_cur = c;
+			chunk_end = c + META_CHUNK;
+			meta_mapped += META_CHUNK;
+		}
+		/* classes are powers of two and chunks start page-aligned: align to the class up to 4K */
+		size_t al = sz < 4096 ? sz : 4096;
+		chunk_cur = (char *)(((uintptr_t)chunk_cur + al - 1) & ~(uintptr_t)(al - 1));
+		if ((size_t)(chunk_end - chunk_cur) < sz) {
+			pthread_mutex_unlock(&sa_meta_lock);
+			return sa_meta_alloc(size); /* the rest of the chunk is too small: new chunk */
+		}
+		p = chunk_cur;
+		chunk_cur += sz;
+	}
+	pthread_mutex_unlock(&sa_meta_lock);
+	memset(p, 0, sz);
+	return p;
+}
+
+void sa_meta_free(void *p, size_t size)
+{
+	if (!p)
+		return;
+	if (size > (1ul << META_MAX_SHIFT)) {
+		munmap(p, size);
+		return;
+	}
+	unsigned cls = meta_class(size);
+	pthread_mutex_lock(&sa_meta_lock);
+	struct meta_free *f = p;
+	f->next = meta_lists[cls];
+	meta_lists[cls] = f;
+	pthread_mutex_unlock(&sa_meta_lock);
+}

@@ -1,0 +1,211 @@
+/*
+ * alloc/options.c — SHEAFALLOC_OPTIONS and the allocator's messages (docs/api.md "Options").
+ *
+ * Owns: sa_opt, written once by sa_options_parse during sa_init (under the init lock), read-only
+ * afterwards. Parsing never allocates: the string is walked in place. An unknown key or a bad
+ * value is reported once on stderr and the default kept; nothing here aborts.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc/internal.h"
+
+struct sa_options sa_opt = {
+	.sheaf_capacity = 0,
+	.barn_max_full = 10,
+	.barn_max_empty = 10,
+	.percpu_fallback = 0,
+	.limit = 0,
+	.stats_print = 0,
+	.debug = 0,
+	.scope_check_abort = 0,
+	.purge_ms = 1000,
+	.verbose = 0,
+};
+
+void sa_msg(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(buf))
+		n = sizeof(buf) - 1;
+	ssize_t w = write(2, buf, (size_t)n);
+	(void)w;
+}
+
+enum opt_type { OPT_UINT, OPT_SIZE, OPT_BOOL, OPT_ENUM };
+
+struct opt_desc {
+	const char *name;
+	enum opt_type type;
+	void *ptr;
+	unsigned long long min, max;
+	const char *values; /* OPT_ENUM: '|'-separated, value = index */
+	const char *doc;
+};
+
+static const struct opt_desc table[] = {
+	{"sheaf_capacity", OPT_UINT, &sa_opt.sheaf_capacity, 0, 65536, NULL,
+	 "objects per sheaf for every cache (0: chosen from the object size)"},
+	{"barn_max_full", OPT_UINT, &sa_opt.barn_max_full, 0, 1u << 20, NULL,
+	 "full sheaves a barn keeps per node before flushing to slabs"},
+	{"barn_max_empty", OPT_UINT, &sa_opt.barn_max_empty, 0, 1u << 20, NULL,
+	 "empty sheaves a barn keeps per node before freeing them"},
+	{"percpu", OPT_ENUM, &sa_opt.percpu_fallback, 0, 1, "rseq|fallback",
+	 "per-CPU mode: rseq where the kernel has it, or the lock fallback"},
+	{"limit", OPT_SIZE, &sa_opt.limit, 0, ~0ull, NULL,
+	 "limit on memory held from the OS in bytes, K/M/G suffixes (0: none)"},
+	{"stats_print", OPT_ENUM, &sa_opt.stats_print, 0, 2, "0|1|json",
+	 "print every cache's statistics at exit (1: text, json: JSON)"},
+	{"debug", OPT_ENUM, &sa_opt.debug, 0, 1, "0|all", "debugging checks on every cache"},
+	{"scope_check", OPT_ENUM, &sa_opt.scope_check_abort, 0, 1, "warn|abort",
+	 "what a scope restored out of order does"},
+	{"purge_ms", OPT_UINT, &sa_opt.purge_ms, 0, 3600000, NULL,
+	 "delay before free pages are returned to the OS"},
+	{"verbose", OPT_BOOL, &sa_opt.verbose, 0, 1, NULL, "print the effective settings at start"},
+};
+
+static int parse_num(const char *v, size_t len, int with_suffix, unsigned long long *out)
+{
+	char buf[32];
+	if (len == 0 || len >= sizeof(buf))
+		return -1;
+	memcpy(buf, v, len);
+	buf[len] = 0;
+	if (buf[0] == '-')
+		return -1;
+	char *end;
+	errno = 0;
+	unsigned long long x = strtoull(buf, &end, 0);
+	if (errno || end == buf)
+		return -1;
+	if (with_suffix && *end) {
+		unsigned shift = 0;
+		switch (*end) {
+		case 'k': case 'K': shift = 10; break;
+		case 'm': case 'M': shift = 20; break;
+		case 'g': case 'G': shift = 30; break;
+		case 't': case 'T': shift = 40; break;
+		default: return -1;
+		}
+		end++;
+		if (x > (~0ull >> shift))
+			return -1;
+		x <<= shift;
+	}
+	if (*end)
+		return -1;
+	*out = x;
+	return 0;
+}
+
+static int parse_enum(const char *values, const char *v, size_t len)
+{
+	int idx = 0;
+	const char *p = values;
+	while (*p) {
+		const char *bar = strchr(p, '|');
+		size_t l = bar ? (size_t)(bar - p) : strlen(p);
+		if (l == len && memcmp(p, v, len) == 0)
+			return idx;
+		idx++;
+		if (!bar)
+			break;
+		p = bar + 1;
+	}
+	return -1;
+}
+
+static void set_one(const char *key, size_t klen, const char *val, size_t vlen, int has_val)
+{
+	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+		const struct opt_desc *d = &table[i];
+		if (strlen(d->name) != klen || memcmp(d->name, key, klen) != 0)
+			continue;
+		unsigned long long x = 0;
+		int ok = has_val;
+		if (ok && d->type == OPT_ENUM) {
+			int e = parse_enum(d->values, val, vlen);
+			/* stats_print=json and debug=all: "1" is accepted as a synonym of the last value */
+			if (e < 0 && vlen == 1 && val[0] == '1')
+				e = (int)d->max;
+			ok = e >= 0;
+			x = (unsigned long long)e;
+		} else if (ok && d->type == OPT_BOOL) {
+			ok = vlen == 1 && (val[0] == '0' || val[0] == '1');
+			x = ok ? (unsigned long long)(val[0] - '0') : 0;
+		} else if (ok) {
+			ok = parse_num(val, vlen, d->type == OPT_SIZE, &x) == 0 && x >= d->min &&
+			     x <= d->max;
+		}
+		if (!ok) {
+			if (d->type == OPT_ENUM)
+				sa_msg("sheafalloc: SHEAFALLOC_OPTIONS: bad value '%.*s' for '%s' "
+				       "(expected %s); keeping the default\n",
+				       (int)vlen, val, d->name, d->values);
+			else
+				sa_msg("sheafalloc: SHEAFALLOC_OPTIONS: bad value '%.*s' for '%s' "
+				       "(expected %s %llu..%llu); keeping the default\n",
+				       (int)vlen, val, d->name,
+				       d->type == OPT_BOOL ? "0 or 1 in" : "an integer in", d->min,
+				       d->max);
+			return;
+		}
+		switch (d->type) {
+		case OPT_SIZE: *(size_t *)d->ptr = (size_t)x; break;
+		case OPT_UINT: *(unsigned *)d->ptr = (unsigned)x; break;
+		default: *(int *)d->ptr = (int)x; break;
+		}
+		return;
+	}
+	sa_msg("sheafalloc: SHEAFALLOC_OPTIONS: unknown option '%.*s' (ignored)\n", (int)klen, key);
+}
+
+void sa_options_parse(const char *s)
+{
+	if (!s)
+		return;
+	while (*s) {
+		const char *comma = strchr(s, ',');
+		size_t len = comma ? (size_t)(comma - s) : strlen(s);
+		const char *eq = memchr(s, '=', len);
+		if (len) {
+			if (eq)
+				set_one(s, (size_t)(eq - s), eq + 1, len - (size_t)(eq - s) - 1, 1);
+			else
+				set_one(s, len, "", 0, 0);
+		}
+		if (!comma)
+			break;
+		s = comma + 1;
+	}
+}
+
+void sa_options_print(int fd)
+{
+	char buf[256];
+	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+		const struct opt_desc *d = &table[i];
+		unsigned long long v;
+		switch (d->type) {
+		case OPT_SIZE: v = *(size_t *)d->ptr; break;
+		case OPT_UINT: v = *(unsigned *)d->ptr; break;
+		default: v = (unsigned long long)*(int *)d->ptr; break;
+		}
+		int n = snprintf(buf, sizeof(buf), "sheafalloc: option %-15s = %llu  (%s)\n", d->name,
+				 v, d->doc);
+		if (n > 0) {
+			ssize_t w = write(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+			(void)w;
+		}
+	}
+}

@@ -1,0 +1,171 @@
+/*
+ * alloc/stats.c — per-cache counters and their printing (docs/api.md "Statistics").
+ *
+ * Event counters are relaxed atomics bumped on slow paths; the fast paths' counts live in the
+ * sheaves' op counters and are folded in by sheaf/pcs.c, or read racily from installed sheaves
+ * here. While other threads run, a snapshot is approximate; at a quiescent point it is exact.
+ * Printing formats into a stack buffer and writes, never allocates.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sheaf/pcs_inline.h"
+
+static uint64_t ld(struct sa_cache *c, enum sa_stat_item i)
+{
+	return atomic_load_explicit(&c->stat[i], memory_order_relaxed);
+}
+
+SA_API int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *o)
+{
+	if (!c || !o) {
+		errno = EINVAL;
+		return -1;
+	}
+	memset(o, 0, sizeof(*o));
+	uint64_t pa, pf, cached;
+	sa_pcs_stats_racy(c, &pa, &pf, &cached);
+	o->alloc_fast = ld(c, SA_STAT_ALLOC_FAST) + pa;
+	o->alloc_slow = ld(c, SA_STAT_ALLOC_SLOW);
+	o->free_fast = ld(c, SA_STAT_FREE_FAST) + pf;
+	o->free_slow = ld(c, SA_STAT_FREE_SLOW);
+	o->spare_swap_alloc = ld(c, SA_STAT_SPARE_SWAP_ALLOC);
+	o->spare_swap_free = ld(c, SA_STAT_SPARE_SWAP_FREE);
+	o->barn_get = ld(c, SA_STAT_BARN_GET);
+	o->barn_get_fail = ld(c, SA_STAT_BARN_GET_FAIL);
+	o->barn_put = ld(c, SA_STAT_BARN_PUT);
+	o->barn_put_fail = ld(c, SA_STAT_BARN_PUT_FAIL);
+	o->refills = ld(c, SA_STAT_REFILL);
+	o->refill_objects = ld(c, SA_STAT_REFILL_OBJECTS);
+	o->flushes = ld(c, SA_STAT_FLUSH);
+	o->flush_objects = ld(c, SA_STAT_FLUSH_OBJECTS);
+	o->sheaf_new = ld(c, SA_STAT_SHEAF_NEW);
+	o->sheaf_freed = ld(c, SA_STAT_SHEAF_FREED);
+	o->prefill_fast = ld(c, SA_STAT_PREFILL_FAST);
+	o->prefill_slow = ld(c, SA_STAT_PREFILL_SLOW);
+	o->prefill_oversize = ld(c, SA_STAT_PREFILL_OVERSIZE);
+	o->return_fast = ld(c, SA_STAT_RETURN_FAST);
+	o->return_slow = ld(c, SA_STAT_RETURN_SLOW);
+	o->sheaf_alloc_objects = ld(c, SA_STAT_SHEAF_ALLOC);
+	o->remote_free = ld(c, SA_STAT_REMOTE_FREE);
+	o->alloc_node_mismatch = ld(c, SA_STAT_ALLOC_NODE_MISMATCH);
+	o->alloc_fail = ld(c, SA_STAT_ALLOC_FAIL);
+	o->slabs_allocated = ld(c, SA_STAT_SLAB_ALLOC);
+	o->slabs_freed = ld(c, SA_STAT_SLAB_FREE);
+	o->remote_fences = ld(c, SA_STAT_REMOTE_FENCE);
+	o->bind_failures = atomic_load(&c->bind_failures);
+	uint64_t units = 0;
+	for (int i = 0; i < sa_nr_nodes; i++) {
+		struct sa_cache_node *n = c->nodes[i];
+		pthread_mutex_lock(&n->lock);
+		o->slabs += n->nr_slabs;
+		units += n->units;
+		pthread_mutex_unlock(&n->lock);
+		pthread_mutex_lock(&n->barn.lock);
+		for (struct sa_sheaf *s = n->barn.full; s; s = s->next)
+			cached += s->size;
+		pthread_mutex_unlock(&n->barn.lock);
+	}
+	o->bytes_held = units * SA_UNIT_SIZE;
+	uint64_t out = o->alloc_fast + o->alloc_slow + o->sheaf_alloc_objects;
+	uint64_t in = o->free_fast + o->free_slow;
+	o->objects_in_use = out > in ? out - in : 0;
+	o->objects_cached = cached;
+	o->object_size = c->stride;
+	o->sheaf_capacity = c->capacity;
+	return 0;
+}
+
+struct outbuf {
+	int fd;
+	size_t n;
+	char b[4096];
+};
+
+__attribute__((format(printf, 2, 3))) static void out(struct outbuf *o, const char *fmt, ...)
+{
+	va_list ap;
+	if (o->n > sizeof(o->b) - 512) {
+		ssize_t w = write(o->fd, o->b, o->n);
+		(void)w;
+		o->n = 0;
+	}
+	va_start(ap, fmt);
+	int k = vsnprintf(o->b + o->n, sizeof(o->b) - o->n, fmt, ap);
+	va_end(ap);
+	if (k > 0)
+		o->n += (size_t)k < sizeof(o->b) - o->n ? (size_t)k : sizeof(o->b) - o->n - 1;
+}
+
+static void out_flush(struct outbuf *o)
+{
+	if (o->n) {
+		ssize_t w = write(o->fd, o->b, o->n);
+		(void)w;
+	}
+	o->n = 0;
+}
+
+#define STAT_FIELDS(X)                                                                             \
+	X(alloc_fast) X(alloc_slow) X(free_fast) X(free_slow) X(spare_swap_alloc)                  \
+	X(spare_swap_free) X(barn_get) X(barn_get_fail) X(barn_put) X(barn_put_fail) X(refills)     \
+	X(refill_objects) X(flushes) X(flush_objects) X(sheaf_new) X(sheaf_freed) X(prefill_fast)  \
+	X(prefill_slow) X(prefill_oversize) X(return_fast) X(return_slow) X(sheaf_alloc_objects)   \
+	X(remote_free) X(alloc_node_mismatch) X(alloc_fail) X(slabs_allocated) X(slabs_freed)      \
+	X(remote_fences) X(bind_failures) X(slabs) X(objects_in_use) X(bytes_held)                 \
+	X(objects_cached)
+
+static void print_all(int fd, int json)
+{
+	sa_ensure_init();
+	struct outbuf o = {.fd = fd};
+	if (json)
+		out(&o, "{\"percpu_mode\": \"%s\", \"numa_nodes\": %d, \"caches\": [", sa_percpu_mode(),
+		    sa_nr_nodes);
+	else
+		out(&o, "sheafalloc statistics: per-CPU mode %s, %d NUMA node(s), %d CPU slot(s)\n",
+		    sa_percpu_mode(), sa_nr_nodes, sa_nr_cpus);
+	pthread_mutex_lock(&sa_caches_lock);
+	int first = 1;
+	for (struct sa_cache *c = sa_caches; c; c = c->next) {
+		struct sa_cache_stats s;
+		sa_cache_stats(c, &s);
+		if (json) {
+			out(&o, "%s\n  {\"name\": \"%s\", \"object_size\": %u, \"sheaf_capacity\": %u",
+			    first ? "" : ",", c->name, s.object_size, s.sheaf_capacity);
+#define X(f) out(&o, ", \"" #f "\": %llu", (unsigned long long)s.f);
+			STAT_FIELDS(X)
+#undef X
+			out(&o, "}");
+		} else {
+			out(&o, "cache %s: object %u B, sheaf capacity %u\n", c->name, s.object_size,
+			    s.sheaf_capacity);
+#define X(f) out(&o, "  %-20s %llu\n", #f, (unsigned long long)s.f);
+			STAT_FIELDS(X)
+#undef X
+		}
+		first = 0;
+	}
+	pthread_mutex_unlock(&sa_caches_lock);
+	if (json)
+		out(&o, "\n]}\n");
+	out_flush(&o);
+}
+
+SA_API void sa_stats_print(int fd)
+{
+	print_all(fd, 0);
+}
+
+SA_API void sa_stats_print_json(int fd)
+{
+	print_all(fd, 1);
+}
+
+void sa_stats_at_exit(void)
+{
+	print_all(2, sa_opt.stats_print == 2);
+}

@@ -1,0 +1,484 @@
+/*
+ * sheaf/pcs.c — the per-CPU slow paths (docs/design.md §3, §4).
+ *
+ * Owns: the order in which a miss is served, the fallback (lock) form of every section, the
+ * remote drain, and the folding of fast-path op counters into the cache's stats.
+ *
+ * Ownership rule: a sheaf installed in a slot belongs to the slot's CPU (rseq) or to whoever
+ * holds the slot lock (fallback). The slow paths never work on an installed sheaf: they take it
+ * out with one exchange section (commit = the store into the slot), work on it while they own
+ * it, and install it back with another. Between the two they may migrate: an install checks
+ * inside its section that the sheaf's node is the CPU's node, so sheaves stay node-pure.
+ *
+ * Order on a miss (the kernel's): main empty -> swap with a spare that has objects -> exchange
+ * the empty main for a full sheaf of this node's barn -> refill a sheaf from this node's slabs.
+ * Main full -> swap with a spare that has room -> exchange the full main for an empty sheaf
+ * (the full one becomes the spare if there is none, else goes to the barn if under
+ * barn_max_full, else is flushed to slabs). Anything that cannot be served through the sheaves
+ * (a stopped slot, a remote node, no memory for a sheaf) goes straight to the slabs.
+ *
+ * Fast-path counting: a sheaf's state word holds size and `ops`, the fast pops and pushes since
+ * it was installed; with install_size, pops = (ops + install_size - size) / 2 exactly. Folding
+ * (on every take-out, and when ops reaches 2^31) adds those to the cache's counters.
+ *
+ * Locking: fallback slot spinlock (rank 2) is held only for the few loads and stores of a
+ * section, never across a barn, slab or sheaf allocation. c->drain_lock serializes remote drains.
+ */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <string.h>
+
+#include "sheaf/pcs_inline.h"
+
+enum { DIR_ALLOC = 0, DIR_FREE = 1 };
+enum { MAIN = 0, SPARE = 1 };
+
+/* ------------------------------------------------------------------ fallback sections ------- */
+static void spin_lock(uint32_t *l)
+{
+	for (unsigned n = 0;; n++) {
+		if (!__atomic_load_n(l, __ATOMIC_RELAXED) && !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
+			return;
+		if (n < 100)
+			__builtin_ia32_pause();
+		else
+			sched_yield();
+	}
+}
+
+static void spin_unlock(uint32_t *l)
+{
+	__atomic_store_n(l, 0, __ATOMIC_RELEASE);
+}
+
+static struct sa_pcs_slot *fb_lock(struct sa_cache *c)
+{
+	struct sa_pcs_slot *slot = &c->slots[sa_pcs_current_cpu()];
+	spin_lock(&slot->lock);
+	return slot;
+}
+
+static void set_state(struct sa_sheaf *s, uint32_t size, uint32_t ops)
+{
+	__atomic_store_n(&s->state, (uint64_t)size | ((uint64_t)ops << 32), __ATOMIC_RELAXED);
+}
+
+static void *fb_pop(struct sa_cache *c, int *why)
+{
+	struct sa_pcs_slot *slot = fb_lock(c);
+	struct sa_sheaf *s = slot->sh[slot->cur];
+	void *obj = NULL;
+	if (s->size == 0) {
+		*why = SA_WHY_EMPTY;
+	} else if (s->ops >= (1u << 31)) {
+		sa_pcs_fold(c, s);
+		*why = SA_WHY_RETRY;
+	} else {
+		obj = s->objects[s->size - 1];
+		set_state(s, s->size - 1, s->ops + 1);
+	}
+	spin_unlock(&slot->lock);
+	return obj;
+}
+
+static int fb_push(struct sa_cache *c, void *obj, int node)
+{
+	struct sa_pcs_slot *slot = fb_lock(c);
+	struct sa_sheaf *s = slot->sh[slot->cur];
+	int why = 0;
+	if (slot->node != node) {
+		why = SA_WHY_REMOTE;
+	} else if (s->size >= s->capacity) {
+		why = SA_WHY_FULL;
+	} else if (s->ops >= (1u << 31)) {
+		sa_pcs_fold(c, s);
+		why = SA_WHY_RETRY;
+	} else {
+		s->objects[s->size] = obj;
+		set_state(s, s->size + 1, s->ops + 1);
+	}
+	spin_unlock(&slot->lock);
+	return why;
+}
+
+static int fb_swap(struct sa_cache *c, int dir)
+{
+	struct sa_pcs_slot *slot = fb_lock(c);
+	struct sa_sheaf *m = slot->sh[slot->cur], *sp = slot->sh[slot->cur ^ 1];
+	int r;
+	if (dir == DIR_ALLOC)
+		r = m->size ? SA_WHY_RETRY : sp->size ? 0 : SA_WHY_NOSPARE;
+	else
+		r = m->size < m->capacity ? SA_WHY_RETRY : sp->size < sp->capacity ? 0 : SA_WHY_NOSPARE;
+	if (r == 0)
+		slot->cur ^= 1;
+	spin_unlock(&slot->lock);
+	return r;
+}
+
+static int fb_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int node,
+		   struct sa_sheaf **oldp)
+{
+	struct sa_pcs_slot *slot = fb_lock(c);
+	int r = 0;
+	if (node >= 0 && slot->node != node) {
+		r = SA_WHY_WRONGNODE;
+	} else {
+		*oldp = slot->sh[slot->cur ^ which];
+		__atomic_store_n(&slot->sh[slot->cur ^ which], nw, __ATOMIC_RELAXED);
+	}
+	spin_unlock(&slot->lock);
+	return r;
+}
+
+/* ------------------------------------------------------------------ mode-independent ops ----- */
+static void *pcs_pop(struct sa_cache *c, int *why)
+{
+	if (sa_pcs_mode == SA_PCS_FALLBACK)
+		return fb_pop(c, why);
+	void *obj = sa_pcs_pop_fast(c, why);
+	if (!obj && *why == SA_WHY_UNREG && sa_rseq_thread_ready())
+		obj = sa_pcs_pop_fast(c, why);
+	return obj;
+}
+
+static int pcs_push(struct sa_cache *c, void *obj, int node)
+{
+	if (sa_pcs_mode == SA_PCS_FALLBACK)
+		return fb_push(c, obj, node);
+	int why = sa_pcs_push_fast(c, obj, node);
+	if (why == SA_WHY_UNREG && sa_rseq_thread_ready())
+		why = sa_pcs_push_fast(c, obj, node);
+	return why;
+}
+
+static int pcs_swap(struct sa_cache *c, int dir)
+{
+	if (sa_pcs_mode == SA_PCS_FALLBACK)
+		return fb_swap(c, dir);
+	int r = sa_rseq_swap(c->slots, sa_rseq_off, dir);
+	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
+		r = sa_rseq_swap(c->slots, sa_rseq_off, dir);
+	return r;
+}
+
+static int pcs_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int node,
+		    struct sa_sheaf **oldp)
+{
+	if (sa_pcs_mode == SA_PCS_FALLBACK)
+		return fb_xchg(c, which, nw, node, oldp);
+	int r = sa_rseq_xchg(c->slots, sa_rseq_off, which, nw, node, oldp);
+	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
+		r = sa_rseq_xchg(c->slots, sa_rseq_off, which, nw, node, oldp);
+	return r;
+}
+
+int sa_pcs_current_node(struct sa_cache *c)
+{
+	return c->slots[sa_pcs_current_cpu()].node;
+}
+
+/* racy: a stale answer only makes a slow path choose a less good home for a sheaf */
+static bool spare_is_sentinel_racy(struct sa_cache *c)
+{
+	struct sa_pcs_slot *slot = &c->slots[sa_pcs_current_cpu()];
+	unsigned cur = __atomic_load_n(&slot->cur, __ATOMIC_RELAXED);
+	return __atomic_load_n(&slot->sh[cur ^ 1], __ATOMIC_RELAXED) == &sa_sheaf_sentinel;
+}
+
+/* ------------------------------------------------------------------ counting ---------------- */
+void sa_pcs_fold(struct sa_cache *c, struct sa_sheaf *s)
+{
+	if (s == &sa_sheaf_sentinel)
+		return;
+	uint64_t t = s->ops;
+	int64_t d = (int64_t)s->install_size - (int64_t)s->size;
+	if (t) {
+		sa_stat_add(c, SA_STAT_ALLOC_FAST, (uint64_t)(((int64_t)t + d) / 2));
+		sa_stat_add(c, SA_STAT_FREE_FAST, (uint64_t)(((int64_t)t - d) / 2));
+	}
+	set_state(s, s->size, 0);
+	s->install_size = s->size;
+}
+
+void sa_pcs_stats_racy(struct sa_cache *c, uint64_t *allocs, uint64_t *frees, uint64_t *cached)
+{
+	uint64_t a = 0, f = 0, n = 0;
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		struct sa_pcs_slot *slot = &c->slots[cpu];
+		for (int i = 0; i < 2; i++) {
+			struct sa_sheaf *s = __atomic_load_n(&slot->sh[i], __ATOMIC_ACQUIRE);
+			if (s == &sa_sheaf_sentinel)
+				continue;
+			uint64_t st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
+			int64_t size = (uint32_t)st, t = (int64_t)(st >> 32);
+			int64_t d = (int64_t)__atomic_load_n(&s->install_size, __ATOMIC_RELAXED) - size;
+			if (t + d >= 0 && t - d >= 0) {
+				a += (uint64_t)(t + d) / 2;
+				f += (uint64_t)(t - d) / 2;
+			}
+			n += (uint64_t)size;
+		}
+	}
+	*allocs = a;
+	*frees = f;
+	*cached = n;
+}
+
+static void prep_install(struct sa_sheaf *s)
+{
+	set_state(s, s->size, 0);
+	s->install_size = s->size;
+}
+
+/* ------------------------------------------------------------------ slow paths -------------- */
+/* Take main out and put it back, folding its counter on the way. */
+static void fold_main(struct sa_cache *c)
+{
+	struct sa_sheaf *old, *o2;
+	if (pcs_xchg(c, MAIN, &sa_sheaf_sentinel, -1, &old))
+		return;
+	sa_pcs_fold(c, old);
+	if (old == &sa_sheaf_sentinel)
+		return;
+	if (pcs_xchg(c, MAIN, old, old->node, &o2)) {
+		sa_sheaf_dispose(c, old);
+		return;
+	}
+	sa_pcs_fold(c, o2);
+	sa_sheaf_dispose(c, o2);
+}
+
+/* Put a full (dir free) or empty (dir alloc) sheaf that just left main somewhere useful. */
+static void place_old_main(struct sa_cache *c, struct sa_sheaf *old, int dir)
+{
+	struct sa_sheaf *o2;
+	bool wanted = dir == DIR_ALLOC ? old->size == 0 : old->size == old->capacity;
+	if (wanted && spare_is_sentinel_racy(c)) {
+		if (pcs_xchg(c, SPARE, old, old->node, &o2) == 0) {
+			sa_pcs_fold(c, o2);
+			sa_sheaf_dispose(c, o2);
+			return;
+		}
+	}
+	if (dir == DIR_FREE && old->size > 0) {
+		struct sa_barn *b = &c->nodes[old->node]->barn;
+		if (sa_barn_nr_full_racy(b) < c->barn_max_full) {
+			sa_barn_put_full(b, old);
+			sa_stat_add(c, SA_STAT_BARN_PUT, 1);
+			return;
+		}
+		sa_stat_add(c, SA_STAT_BARN_PUT_FAIL, 1);
+		sa_sheaf_flush(c, old);
+	}
+	sa_sheaf_dispose(c, old);
+}
+
+/* Install s as main. 0: done (retry the fast path); -1: could not (s disposed). */
+static int install_main(struct sa_cache *c, struct sa_sheaf *s, int dir)
+{
+	struct sa_sheaf *old;
+	prep_install(s);
+	int r = pcs_xchg(c, MAIN, s, s->node, &old);
+	if (r) {
+		sa_sheaf_dispose(c, s);
+		return r == SA_WHY_WRONGNODE ? 0 : -1;
+	}
+	sa_pcs_fold(c, old);
+	if (old != &sa_sheaf_sentinel)
+		place_old_main(c, old, dir);
+	return 0;
+}
+
+static int refill_main(struct sa_cache *c, sa_flags_t flags)
+{
+	int r = pcs_swap(c, DIR_ALLOC);
+	if (r == 0) {
+		sa_stat_add(c, SA_STAT_SPARE_SWAP_ALLOC, 1);
+		return 0;
+	}
+	if (r == SA_WHY_RETRY)
+		return 0;
+	if (r != SA_WHY_NOSPARE)
+		return -1;
+	int node = sa_pcs_current_node(c);
+	struct sa_barn *b = &c->nodes[node]->barn;
+	struct sa_sheaf *s = sa_barn_get_full(b, flags);
+	if (s) {
+		sa_stat_add(c, SA_STAT_BARN_GET, 1);
+	} else {
+		sa_stat_add(c, SA_STAT_BARN_GET_FAIL, 1);
+		s = sa_barn_get_empty(b, flags);
+		if (!s)
+			s = sa_sheaf_new(c, c->capacity, node, flags);
+		if (!s)
+			return -1;
+		sa_sheaf_fill(c, s, s->capacity, flags);
+		if (s->size == 0) {
+			sa_sheaf_dispose(c, s);
+			return -1;
+		}
+	}
+	return install_main(c, s, DIR_ALLOC);
+}
+
+static int drain_main(struct sa_cache *c)
+{
+	int r = pcs_swap(c, DIR_FREE);
+	if (r == 0) {
+		sa_stat_add(c, SA_STAT_SPARE_SWAP_FREE, 1);
+		return 0;
+	}
+	if (r == SA_WHY_RETRY)
+		return 0;
+	if (r != SA_WHY_NOSPARE)
+		return -1;
+	int node = sa_pcs_current_node(c);
+	struct sa_sheaf *s = sa_barn_get_empty(&c->nodes[node]->barn, 0);
+	if (!s)
+		s = sa_sheaf_new(c, c->capacity, node, 0);
+	if (!s)
+		return -1;
+	return install_main(c, s, DIR_FREE);
+}
+
+SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why)
+{
+	void *obj = NULL;
+	for (int tries = 0; tries < 16; tries++) {
+		switch (why) {
+		case SA_WHY_EMPTY:
+			if (refill_main(c, flags))
+				goto direct;
+			break;
+		case SA_WHY_FOLD:
+			fold_main(c);
+			break;
+		case SA_WHY_UNREG:
+			if (sa_pcs_mode != SA_PCS_FALLBACK && !sa_rseq_thread_ready())
+				goto direct;
+			break;
+		case SA_WHY_RETRY:
+			break;
+		default: /* stopped */
+			goto direct;
+		}
+		obj = pcs_pop(c, &why);
+		if (obj)
+			goto out;
+	}
+direct:
+	obj = sa_cache_alloc_slab_direct(c, flags, sa_pcs_current_node(c));
+	if (!obj)
+		return NULL;
+out:
+	if (flags & SA_ZERO)
+		memset(obj, 0, c->size);
+	return obj;
+}
+
+SA_NOINLINE void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int why)
+{
+	for (int tries = 0; tries < 16; tries++) {
+		switch (why) {
+		case SA_WHY_FULL:
+			if (drain_main(c))
+				goto direct;
+			break;
+		case SA_WHY_FOLD:
+			fold_main(c);
+			break;
+		case SA_WHY_REMOTE:
+			sa_stat_add(c, SA_STAT_REMOTE_FREE, 1);
+			goto direct;
+		case SA_WHY_UNREG:
+			if (sa_pcs_mode != SA_PCS_FALLBACK && !sa_rseq_thread_ready())
+				goto direct;
+			break;
+		case SA_WHY_RETRY:
+			break;
+		default: /* stopped */
+			goto direct;
+		}
+		why = pcs_push(c, obj, node);
+		if (!why)
+			return;
+	}
+direct:
+	sa_stat_add(c, SA_STAT_FREE_SLOW, 1);
+	sa_slab_free_one(c, obj);
+}
+
+/* The spare for sa_sheaf_prefill (taken out, owned by the caller), or NULL. */
+struct sa_sheaf *sa_pcs_take_spare(struct sa_cache *c)
+{
+	struct sa_sheaf *old;
+	if (spare_is_sentinel_racy(c))
+		return NULL;
+	if (pcs_xchg(c, SPARE, &sa_sheaf_sentinel, -1, &old))
+		return NULL;
+	sa_pcs_fold(c, old);
+	return old == &sa_sheaf_sentinel ? NULL : old;
+}
+
+/* Make s this CPU's spare if it has none. 0: installed; -1: not (caller still owns s). */
+int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s)
+{
+	struct sa_sheaf *old;
+	if (!spare_is_sentinel_racy(c))
+		return -1;
+	prep_install(s);
+	if (pcs_xchg(c, SPARE, s, s->node, &old))
+		return -1;
+	sa_pcs_fold(c, old);
+	sa_sheaf_dispose(c, old);
+	return 0;
+}
+
+/*
+ * Empty every CPU's slots of c (shrink, destroy). rseq: stop all slots, one fence, then the
+ * slots are ours; fallback: each slot's lock in turn. Sheaves are flushed and freed (the kernel's
+ * flush_all skips the barn too).
+ */
+void sa_pcs_drain(struct sa_cache *c)
+{
+	pthread_mutex_lock(&c->drain_lock);
+	bool rseq = sa_pcs_mode != SA_PCS_FALLBACK;
+	if (rseq) {
+		for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
+			__atomic_store_n(&c->slots[cpu].stopped, 1, __ATOMIC_SEQ_CST);
+		sa_rseq_fence_all();
+		sa_stat_add(c, SA_STAT_REMOTE_FENCE, 1);
+	}
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		struct sa_pcs_slot *slot = &c->slots[cpu];
+		struct sa_sheaf *s[2];
+		if (!rseq)
+			spin_lock(&slot->lock);
+		for (int i = 0; i < 2; i++) {
+			s[i] = slot->sh[i];
+			__atomic_store_n(&slot->sh[i], &sa_sheaf_sentinel, __ATOMIC_RELAXED);
+		}
+		if (!rseq)
+			spin_unlock(&slot->lock);
+		for (int i = 0; i < 2; i++) {
+			if (s[i] == &sa_sheaf_sentinel)
+				continue;
+			sa_pcs_fold(c, s[i]);
+			sa_sheaf_flush(c, s[i]);
+			sa_sheaf_free(c, s[i]);
+		}
+	}
+	if (rseq) {
+		sa_stat_add(c, SA_STAT_REMOTE_FENCE, 0);
+		for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
+			__atomic_store_n(&c->slots[cpu].stopped, 0, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&c->drain_lock);
+}
+
+void sa_pcs_set_nodes(struct sa_cache *c)
+{
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
+		__atomic_store_n(&c->slots[cpu].node, sa_topo_cpu_node(cpu), __ATOMIC_RELAXED);
+}

@@ -1,0 +1,236 @@
+/*
+ * sheaf/sheaf.c — sheaf objects and the guaranteed-allocation API (docs/design.md §5).
+ *
+ * Owns: creating, filling, flushing and disposing of sheaves that are not installed in a slot,
+ * and sa_sheaf_prefill / sa_sheaf_alloc / sa_sheaf_refill / sa_sheaf_return / sa_sheaf_size.
+ * Every function here works on a sheaf the caller owns (taken out of a slot or barn, or
+ * prefilled); none takes a lock of its own except through the barn, slab and meta layers.
+ *
+ * Guarantee: a sheaf returned by sa_sheaf_prefill(c, f, n) holds at least n objects, all
+ * carved and constructed, and is owned by the caller alone; sa_sheaf_alloc only pops from it,
+ * so the next n calls succeed with no lock, no system call and no failure, whatever scope or
+ * limit is in force then.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "sheaf/pcs_inline.h"
+
+struct sa_sheaf sa_sheaf_sentinel = {.state = 0, .capacity = 0, .node = -1};
+
+struct sa_sheaf *sa_sheaf_new(struct sa_cache *c, unsigned capacity, int node, sa_flags_t flags)
+{
+	(void)flags;
+	struct sa_sheaf *s = sa_meta_alloc(SA_SHEAF_HDR + (size_t)capacity * sizeof(void *));
+	if (!s)
+		return NULL;
+	s->capacity = capacity;
+	s->node = node;
+	s->cache = c;
+	if (capacity != c->capacity)
+		s->flags |= SA_SHEAF_OVERSIZE;
+	sa_stat_add(c, SA_STAT_SHEAF_NEW, 1);
+	return s;
+}
+
+void sa_sheaf_free(struct sa_cache *c, struct sa_sheaf *s)
+{
+	if (s == &sa_sheaf_sentinel)
+		return;
+	sa_stat_add(c, SA_STAT_SHEAF_FREED, 1);
+	sa_meta_free(s, SA_SHEAF_HDR + (size_t)s->capacity * sizeof(void *));
+}
+
+/* Refill s from its node's slabs up to `upto` objects; returns how many were added. */
+unsigned sa_sheaf_fill(struct sa_cache *c, struct sa_sheaf *s, unsigned upto, sa_flags_t flags)
+{
+	if (upto > s->capacity)
+		upto = s->capacity;
+	if (s->size >= upto)
+		return 0;
+	unsigned got = sa_slab_refill(c, s->node, &s->objects[s->size], upto - s->size, flags);
+	s->size += got;
+	if (got) {
+		sa_stat_add(c, SA_STAT_REFILL, 1);
+		sa_stat_add(c, SA_STAT_REFILL_OBJECTS, got);
+	}
+	return got;
+}
+
+void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s)
+{
+	if (s->size == 0)
+		return;
+	sa_slab_free_batch(c, s->node, s->objects, s->size);
+	sa_stat_add(c, SA_STAT_FLUSH, 1);
+	sa_stat_add(c, SA_STAT_FLUSH_OBJECTS, s->size);
+	s->size = 0;
+}
+
+/* Give an owned, uninstalled sheaf a home: the barn of its node (within limits) or freed. */
+void sa_sheaf_dispose(struct sa_cache *c, struct sa_sheaf *s)
+{
+	if (s == &sa_sheaf_sentinel)
+		return;
+	s->flags &= ~SA_SHEAF_PREFILLED;
+	if (s->flags & SA_SHEAF_OVERSIZE) {
+		sa_sheaf_flush(c, s);
+		sa_sheaf_free(c, s);
+		return;
+	}
+	struct sa_barn *b = &c->nodes[s->node]->barn;
+	if (s->size > 0) {
+		/* full sheaves are worth keeping; undo paths may exceed the limit a little */
+		if (sa_barn_nr_full_racy(b) < c->barn_max_full + 1) {
+			sa_barn_put_full(b, s);
+			return;
+		}
+		sa_sheaf_flush(c, s);
+	}
+	if (sa_barn_nr_empty_racy(b) < c->barn_max_empty) {
+		sa_barn_put_empty(b, s);
+		return;
+	}
+	sa_sheaf_free(c, s);
+}
+
+/* ------------------------------------------------------------------ public API -------------- */
+static struct sa_sheaf *prefill_oversize(struct sa_cache *c, sa_flags_t flags, unsigned count)
+{
+	int node = sa_pcs_current_node(c);
+	struct sa_sheaf *s = sa_sheaf_new(c, count, node, flags);
+	if (!s)
+		return NULL;
+	s->flags |= SA_SHEAF_OVERSIZE;
+	while (s->size < count && sa_sheaf_fill(c, s, count, flags))
+		;
+	if (s->size < count) {
+		sa_sheaf_flush(c, s);
+		sa_sheaf_free(c, s);
+		return NULL;
+	}
+	sa_stat_add(c, SA_STAT_PREFILL_OVERSIZE, 1);
+	return s;
+}
+
+SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, unsigned count)
+{
+	if (!c || count == 0) {
+		errno = EINVAL;
+		return NULL;
+	}
+	struct sa_sheaf *s;
+	if (count > c->capacity) {
+		s = prefill_oversize(c, flags, count);
+	} else {
+		s = sa_pcs_take_spare(c);
+		if (!s) {
+			int node = sa_pcs_current_node(c);
+			struct sa_barn *b = &c->nodes[node]->barn;
+			s = sa_barn_get_full(b, flags);
+			if (s)
+				sa_stat_add(c, SA_STAT_BARN_GET, 1);
+			else
+				s = sa_barn_get_empty(b, flags);
+			if (!s)
+				s = sa_sheaf_new(c, c->capacity, node, flags);
+		}
+		if (s && s->size < count) {
+			sa_stat_add(c, SA_STAT_PREFILL_SLOW, 1);
+			while (s->size < s->capacity && sa_sheaf_fill(c, s, s->capacity, flags))
+				;
+			if (s->size < count) {
+				sa_sheaf_flush(c, s);
+				sa_sheaf_dispose(c, s);
+				s = NULL;
+			}
+		} else if (s) {
+			sa_stat_add(c, SA_STAT_PREFILL_FAST, 1);
+		}
+	}
+	if (!s) {
+		sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
+		if (!(flags & SA_NOWARN))
+			sa_msg("sheafalloc: cache '%s': cannot prefill a sheaf of %u objects\n", c->name,
+			       count);
+		errno = ENOMEM;
+		return NULL;
+	}
+	s->flags |= SA_SHEAF_PREFILLED;
+	s->taken = 0;
+	return s;
+}
+
+SA_API void *sa_sheaf_alloc(struct sa_cache *c, sa_flags_t flags, struct sa_sheaf *sheaf)
+{
+	if (SA_UNLIKELY(!sheaf || sheaf->size == 0))
+		return NULL;
+	void *obj = sheaf->objects[--sheaf->size];
+	sheaf->taken++;
+	if (flags & SA_ZERO)
+		memset(obj, 0, c->size);
+	return obj;
+}
+
+static void sheaf_account_taken(struct sa_cache *c, struct sa_sheaf *s)
+{
+	if (s->taken) {
+		sa_stat_add(c, SA_STAT_SHEAF_ALLOC, s->taken);
+		s->taken = 0;
+	}
+}
+
+SA_API int sa_sheaf_refill(struct sa_cache *c, sa_flags_t flags, struct sa_sheaf **sheafp,
+			   unsigned count)
+{
+	if (!c || !sheafp || !*sheafp)
+		return -EINVAL;
+	struct sa_sheaf *s = *sheafp;
+	if (s->size >= count)
+		return 0;
+	if (count <= s->capacity) {
+		while (s->size < s->capacity && sa_sheaf_fill(c, s, s->capacity, flags))
+			;
+		return s->size >= count ? 0 : -ENOMEM;
+	}
+	struct sa_sheaf *n = sa_sheaf_prefill(c, flags | SA_NOWARN, count);
+	if (!n)
+		return -ENOMEM;
+	sa_sheaf_return(c, flags, s);
+	*sheafp = n;
+	return 0;
+}
+
+SA_API void sa_sheaf_return(struct sa_cache *c, sa_flags_t flags, struct sa_sheaf *s)
+{
+	if (!c || !s)
+		return;
+	sheaf_account_taken(c, s);
+	s->flags &= ~SA_SHEAF_PREFILLED;
+	if (!(s->flags & SA_SHEAF_OVERSIZE)) {
+		if (sa_pcs_offer_spare(c, s) == 0) {
+			sa_stat_add(c, SA_STAT_RETURN_FAST, 1);
+			return;
+		}
+		sa_stat_add(c, SA_STAT_RETURN_SLOW, 1);
+		struct sa_barn *b = &c->nodes[s->node]->barn;
+		if (sa_barn_nr_full_racy(b) < c->barn_max_full) {
+			while (s->size < s->capacity && sa_sheaf_fill(c, s, s->capacity, flags))
+				;
+			if (s->size == s->capacity) {
+				sa_barn_put_full(b, s);
+				sa_stat_add(c, SA_STAT_BARN_PUT, 1);
+				return;
+			}
+		}
+	} else {
+		sa_stat_add(c, SA_STAT_RETURN_SLOW, 1);
+	}
+	sa_sheaf_flush(c, s);
+	sa_sheaf_free(c, s);
+}
+
+SA_API unsigned sa_sheaf_size(const struct sa_sheaf *sheaf)
+{
+	return sheaf ? sheaf->size : 0;
+}
