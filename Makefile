@@ -35,15 +35,18 @@ lib: $(B)/libsheafalloc.so $(B)/libsheafalloc.a
 
 $(B)/obj/%.o: %.c $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(B)/libsheafalloc.so: $(LIB_OBJS) exports.map
-	$(CC) -shared -o $@ $(LIB_OBJS) $(LDFLAGS) -Wl,--version-script=exports.map -Wl,-z,nodelete \
+	@echo "  LD      $@"
+	@$(CC) -shared -o $@ $(LIB_OBJS) $(LDFLAGS) -Wl,--version-script=exports.map -Wl,-z,nodelete \
 		-Wl,-soname,libsheafalloc.so $(LIBS)
 
 $(B)/libsheafalloc.a: $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $(LIB_OBJS)
+	@echo "  AR      $@"
+	@ar rcs $@ $(LIB_OBJS)
 
 # Tests link the static library: white-box tests may call internal (hidden) functions.
 $(B)/tests/%: tests/%.c $(B)/libsheafalloc.a $(TEST_HDRS) $(HDRS)

@@ -17,12 +17,15 @@
 
 static unsigned auto_capacity(size_t stride)
 {
-	/* header + capacity * 8 fills a power-of-two metadata block: 1 KiB, 512, 256, 128 */
+	/* header + capacity * 8 fills a power-of-two metadata block: 2 KiB, 1 KiB, 512, 256, 128.
+	 * docs/design.md §7 has the measurements behind these. */
 	if (stride <= 128)
-		return 120;
+		return 248;
 	if (stride <= 512)
-		return 56;
+		return 120;
 	if (stride <= 2048)
+		return 56;
+	if (stride <= 8192)
 		return 24;
 	return 8;
 }

@@ -30,6 +30,9 @@
 
 #include "include/sheafalloc.h"
 
+/* Everything declared below is internal to the library: no GOT indirection for it. */
+#pragma GCC visibility push(hidden)
+
 #define SA_API __attribute__((visibility("default")))
 #define SA_LIKELY(x) __builtin_expect(!!(x), 1)
 #define SA_UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -117,20 +120,21 @@ extern struct sa_sheaf sa_sheaf_sentinel; /* empty and full at once: capacity 0 
 
 /*
  * Per-CPU slot of a cache: 64 bytes, one per possible CPU.
- * main = sh[cur], spare = sh[cur ^ 1]; both never NULL (the sentinel stands for "none").
+ * sh[0] is main, sh[1] the spare; both never NULL (the sentinel stands for "none"). They sit in
+ * one aligned 16 bytes so that a swap commits with one 16-byte store.
  */
 struct sa_pcs_slot {
-	uint32_t stopped;      /* rseq: set by a remote thread that owns the slot (fence follows) */
-	uint32_t cur;          /* owner CPU (rseq) / lock (fallback) */
+	uint32_t stopped;       /* rseq: set by a remote thread that owns the slot (fence follows) */
+	int32_t node;           /* node of this CPU; written at creation and topology load */
+	uint32_t lock;          /* fallback mode spinlock */
+	uint32_t pad0;
 	struct sa_sheaf *sh[2]; /* owner CPU (rseq) / lock (fallback) */
-	struct sa_sheaf *rcu;  /* reserved for sa_free_rcu batching */
-	int32_t node;          /* node of this CPU; written at creation and topology load */
-	uint32_t lock;         /* fallback mode spinlock */
+	struct sa_sheaf *rcu;   /* reserved for sa_free_rcu batching */
 	uint64_t pad[3];
 } __attribute__((aligned(SA_CACHELINE)));
 _Static_assert(sizeof(struct sa_pcs_slot) == 64, "slot is one line");
-_Static_assert(offsetof(struct sa_pcs_slot, sh) == 8, "asm offsets");
-_Static_assert(offsetof(struct sa_pcs_slot, node) == 32, "asm offsets");
+_Static_assert(offsetof(struct sa_pcs_slot, sh) == 16, "asm offsets");
+_Static_assert(offsetof(struct sa_pcs_slot, node) == 4, "asm offsets");
 
 /* ---------------------------------------------------------------- barns (barn/) ------------- */
 struct sa_barn {
@@ -169,6 +173,7 @@ struct sa_segment {
 	uint64_t pad[4];
 	struct sa_slab slabs[SA_UNITS_PER_SEG]; /* slabs[0] unused (header unit) */
 };
+_Static_assert(offsetof(struct sa_segment, slabs) == 64, "sa_slab_of relies on it");
 
 /* ---------------------------------------------------------------- caches (alloc/cache.c) ---- */
 struct sa_cache_node {
@@ -263,10 +268,15 @@ static inline struct sa_segment *sa_segment_of(const void *p)
 }
 static inline struct sa_slab *sa_slab_of(const void *p)
 {
-	struct sa_segment *seg = sa_segment_of(p);
-	if (SA_UNLIKELY(!seg))
+	uintptr_t a = (uintptr_t)p;
+	uintptr_t i = a >> SA_SEG_SHIFT;
+	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
 		return NULL;
-	return &seg->slabs[((uintptr_t)p >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
+	if (SA_UNLIKELY(!(sa_segmap[i >> 6] & (1ull << (i & 63)))))
+		return NULL;
+	/* &segment->slabs[unit]: the header is 64 bytes, each slab record 64 bytes */
+	return (struct sa_slab *)((a & ~(SA_SEG_SIZE - 1)) + 64 +
+				  ((a >> (SA_UNIT_SHIFT - 6)) & ((SA_UNITS_PER_SEG - 1) << 6)));
 }
 static inline char *sa_slab_base(const struct sa_slab *s)
 {
@@ -336,4 +346,5 @@ int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s);
 SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *why);
 void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node);
 
+#pragma GCC visibility pop
 #endif

@@ -66,7 +66,7 @@ static void set_state(struct sa_sheaf *s, uint32_t size, uint32_t ops)
 static void *fb_pop(struct sa_cache *c, int *why)
 {
 	struct sa_pcs_slot *slot = fb_lock(c);
-	struct sa_sheaf *s = slot->sh[slot->cur];
+	struct sa_sheaf *s = slot->sh[0];
 	void *obj = NULL;
 	if (s->size == 0) {
 		*why = SA_WHY_EMPTY;
@@ -84,7 +84,7 @@ static void *fb_pop(struct sa_cache *c, int *why)
 static int fb_push(struct sa_cache *c, void *obj, int node)
 {
 	struct sa_pcs_slot *slot = fb_lock(c);
-	struct sa_sheaf *s = slot->sh[slot->cur];
+	struct sa_sheaf *s = slot->sh[0];
 	int why = 0;
 	if (slot->node != node) {
 		why = SA_WHY_REMOTE;
@@ -104,14 +104,16 @@ static int fb_push(struct sa_cache *c, void *obj, int node)
 static int fb_swap(struct sa_cache *c, int dir)
 {
 	struct sa_pcs_slot *slot = fb_lock(c);
-	struct sa_sheaf *m = slot->sh[slot->cur], *sp = slot->sh[slot->cur ^ 1];
+	struct sa_sheaf *m = slot->sh[0], *sp = slot->sh[1];
 	int r;
 	if (dir == DIR_ALLOC)
 		r = m->size ? SA_WHY_RETRY : sp->size ? 0 : SA_WHY_NOSPARE;
 	else
 		r = m->size < m->capacity ? SA_WHY_RETRY : sp->size < sp->capacity ? 0 : SA_WHY_NOSPARE;
-	if (r == 0)
-		slot->cur ^= 1;
+	if (r == 0) {
+		__atomic_store_n(&slot->sh[0], sp, __ATOMIC_RELAXED);
+		__atomic_store_n(&slot->sh[1], m, __ATOMIC_RELAXED);
+	}
 	spin_unlock(&slot->lock);
 	return r;
 }
@@ -124,8 +126,8 @@ static int fb_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int 
 	if (node >= 0 && slot->node != node) {
 		r = SA_WHY_WRONGNODE;
 	} else {
-		*oldp = slot->sh[slot->cur ^ which];
-		__atomic_store_n(&slot->sh[slot->cur ^ which], nw, __ATOMIC_RELAXED);
+		*oldp = slot->sh[which];
+		__atomic_store_n(&slot->sh[which], nw, __ATOMIC_RELAXED);
 	}
 	spin_unlock(&slot->lock);
 	return r;
@@ -182,8 +184,7 @@ int sa_pcs_current_node(struct sa_cache *c)
 static bool spare_is_sentinel_racy(struct sa_cache *c)
 {
 	struct sa_pcs_slot *slot = &c->slots[sa_pcs_current_cpu()];
-	unsigned cur = __atomic_load_n(&slot->cur, __ATOMIC_RELAXED);
-	return __atomic_load_n(&slot->sh[cur ^ 1], __ATOMIC_RELAXED) == &sa_sheaf_sentinel;
+	return __atomic_load_n(&slot->sh[1], __ATOMIC_RELAXED) == &sa_sheaf_sentinel;
 }
 
 /* ------------------------------------------------------------------ counting ---------------- */
@@ -388,8 +389,9 @@ SA_NOINLINE void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int w
 		case SA_WHY_FOLD:
 			fold_main(c);
 			break;
-		case SA_WHY_REMOTE:
-			sa_stat_add(c, SA_STAT_REMOTE_FREE, 1);
+		case SA_WHY_REMOTE: /* or the slot is stopped */
+			if (node != sa_pcs_current_node(c))
+				sa_stat_add(c, SA_STAT_REMOTE_FREE, 1);
 			goto direct;
 		case SA_WHY_UNREG:
 			if (sa_pcs_mode != SA_PCS_FALLBACK && !sa_rseq_thread_ready())

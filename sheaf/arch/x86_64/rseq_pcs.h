@@ -21,7 +21,14 @@
 #define SA_RSEQ_SIG 0x53053053
 
 /* Section prologue: descriptor, arming, cpu and slot lookup, stop check. Leaves the slot in idx. */
-#define SA_RSEQ_PROLOGUE                                                                          \
+#define SA_RSEQ_PROLOGUE SA_RSEQ_PROLOGUE_AS(idx)
+#define SA_RSEQ_PROLOGUE_AS(idx)                                                                  \
+	SA_RSEQ_ARM_CPU(idx)                                                                      \
+	"cmpl $0, (%[" #idx "])\n\t"                                                              \
+	"jne %l[stopped]\n\t"
+
+/* Descriptor, arming, cpu and slot lookup; no stop check. */
+#define SA_RSEQ_ARM_CPU(idx)                                                                      \
 	".pushsection __rseq_cs, \"aw\"\n\t"                                                      \
 	".balign 32\n\t"                                                                          \
 	".Lsa_cs%=:\n\t"                                                                          \
@@ -32,16 +39,14 @@
 	".quad .Lsa_cs%=\n\t"                                                                     \
 	".popsection\n\t"                                                                         \
 	".Lsa_arm%=:\n\t"                                                                         \
-	"leaq .Lsa_cs%=(%%rip), %[t]\n\t"                                                         \
-	"movq %[t], %%fs:8(%[off])\n\t"                                                           \
+	"leaq .Lsa_cs%=(%%rip), %[" #idx "]\n\t"                                                  \
+	"movq %[" #idx "], %%fs:8(%[off])\n\t"                                                    \
 	".Lsa_start%=:\n\t"                                                                       \
-	"movl %%fs:4(%[off]), %k[idx]\n\t"                                                        \
-	"testl %k[idx], %k[idx]\n\t"                                                              \
+	"movl %%fs:4(%[off]), %k[" #idx "]\n\t"                                                 \
+	"testl %k[" #idx "], %k[" #idx "]\n\t"                                                    \
 	"js %l[unreg]\n\t"                                                                        \
-	"shlq $6, %[idx]\n\t"                                                                     \
-	"addq %[tab], %[idx]\n\t"                                                                 \
-	"cmpl $0, (%[idx])\n\t"                                                                   \
-	"jne %l[stopped]\n\t"
+	"shlq $6, %[" #idx "]\n\t"                                                                \
+	"addq %[tab], %[" #idx "]\n\t"
 
 #define SA_RSEQ_EPILOGUE                                                                          \
 	".Lsa_post%=:\n\t"                                                                        \
@@ -72,25 +77,27 @@ enum sa_pcs_why {
 static inline __attribute__((always_inline)) void *sa_rseq_pop(struct sa_pcs_slot *tab, long off,
 							       int *why)
 {
-	unsigned long idx, t, st;
+	unsigned long t, st;
 	struct sa_sheaf *sh;
-	void *obj;
-	asm volatile goto(SA_RSEQ_PROLOGUE
-		 "movl 4(%[idx]), %k[t]\n\t"
-		 "movq 8(%[idx],%[t],8), %[sh]\n\t"
+	void *obj; /* holds the slot address until the object is loaded */
+	asm volatile goto(SA_RSEQ_PROLOGUE_AS(obj)
+		 "movq 16(%[obj]), %[sh]\n\t"
 		 "movq (%[sh]), %[st]\n\t"
 		 "testl %k[st], %k[st]\n\t"
 		 "jz %l[empty]\n\t"
 		 "movl %k[st], %k[t]\n\t"
 		 "movq 56(%[sh],%[t],8), %[obj]\n\t"
-		 "addq %[dec], %[st]\n\t"
+		 "movl $0xffffffff, %k[t]\n\t"
+		 "addq %[t], %[st]\n\t"
 		 "js %l[fold]\n\t"
 		 "movq %[st], (%[sh])\n\t" /* commit */
 		 SA_RSEQ_EPILOGUE
-		 : [idx] "=&r"(idx), [t] "=&r"(t), [st] "=&r"(st), [sh] "=&r"(sh), [obj] "=&r"(obj)
-		 : [off] "r"(off), [tab] "r"(tab), [dec] "r"(0xffffffffull)
+		 : [obj] "=&r"(obj), [t] "=&r"(t), [st] "=&r"(st), [sh] "=&r"(sh)
+		 : [off] "r"(off), [tab] "r"(tab)
 		 : "memory", "cc"
 		 : unreg, stopped, empty, fold);
+	if (obj == NULL) /* objects are never NULL: lets callers drop their test */
+		__builtin_unreachable();
 	return obj;
 unreg:
 	*why = SA_WHY_UNREG;
@@ -113,33 +120,32 @@ fold:
 static inline __attribute__((always_inline)) int sa_rseq_push(struct sa_pcs_slot *tab, long off,
 							      void *obj, int node)
 {
-	unsigned long idx, t, st;
+	unsigned long idx, st; /* idx: the slot, then scratch once main is loaded */
 	struct sa_sheaf *sh;
-	asm volatile goto(SA_RSEQ_PROLOGUE
-		 "cmpl %k[node], 32(%[idx])\n\t"
+	asm volatile goto(SA_RSEQ_ARM_CPU(idx)
+		 /* one compare checks stopped == 0 and node == the slot's node */
+		 "cmpq %[key], (%[idx])\n\t"
 		 "jne %l[remote]\n\t"
-		 "movl 4(%[idx]), %k[t]\n\t"
-		 "movq 8(%[idx],%[t],8), %[sh]\n\t"
+		 "movq 16(%[idx]), %[sh]\n\t"
 		 "movq (%[sh]), %[st]\n\t"
 		 "cmpl 8(%[sh]), %k[st]\n\t"
 		 "jae %l[full]\n\t"
-		 "movl %k[st], %k[t]\n\t"
-		 "movq %[obj], 64(%[sh],%[t],8)\n\t"
-		 "addq %[inc], %[st]\n\t"
+		 "movl %k[st], %k[idx]\n\t"
+		 "movq %[obj], 64(%[sh],%[idx],8)\n\t"
+		 "movabsq $0x100000001, %[idx]\n\t"
+		 "addq %[idx], %[st]\n\t"
 		 "js %l[fold]\n\t"
 		 "movq %[st], (%[sh])\n\t" /* commit */
 		 SA_RSEQ_EPILOGUE
-		 : [idx] "=&r"(idx), [t] "=&r"(t), [st] "=&r"(st), [sh] "=&r"(sh)
-		 : [off] "r"(off), [tab] "r"(tab), [obj] "r"(obj), [node] "r"(node),
-		   [inc] "r"(0x100000001ull)
+		 : [idx] "=&r"(idx), [st] "=&r"(st), [sh] "=&r"(sh)
+		 : [off] "r"(off), [tab] "r"(tab), [obj] "r"(obj),
+		   [key] "r"((unsigned long)(unsigned)node << 32)
 		 : "memory", "cc"
-		 : unreg, stopped, remote, full, fold);
+		 : unreg, remote, full, fold);
 	return 0;
 unreg:
 	return SA_WHY_UNREG;
-stopped:
-	return SA_WHY_STOPPED;
-remote:
+remote: /* or stopped: the slow path tells them apart */
 	return SA_WHY_REMOTE;
 full:
 	return SA_WHY_FULL;
@@ -150,45 +156,47 @@ fold:
 /*
  * Swap main and spare when that serves the direction: for alloc (dir 0) when main is empty and
  * the spare has objects; for free (dir 1) when main is full and the spare has room.
- * Commit: slot->cur ^= 1.
+ * Commit: one 16-byte store of {spare, main} over {main, spare}, which
+ * an interrupt cannot split.
  */
 static inline __attribute__((always_inline)) int sa_rseq_swap(struct sa_pcs_slot *tab, long off,
 							      int dir)
 {
 	unsigned long idx, t;
 	struct sa_sheaf *sh;
+	__attribute__((vector_size(16))) long long x;
 	if (dir == 0) {
 		asm volatile goto(SA_RSEQ_PROLOGUE
-			 "movl 4(%[idx]), %k[t]\n\t"
-			 "movq 8(%[idx],%[t],8), %[sh]\n\t"
+			 "movq 16(%[idx]), %[sh]\n\t"
 			 "cmpl $0, (%[sh])\n\t"
 			 "jne %l[retry]\n\t"
-			 "xorl $1, %k[t]\n\t"
-			 "movq 8(%[idx],%[t],8), %[sh]\n\t"
+			 "movq 24(%[idx]), %[sh]\n\t"
 			 "cmpl $0, (%[sh])\n\t"
 			 "je %l[nospare]\n\t"
-			 "movl %k[t], 4(%[idx])\n\t" /* commit */
+			 "movdqa 16(%[idx]), %[x]\n\t"
+			 "pshufd $0x4e, %[x], %[x]\n\t"
+			 "movdqa %[x], 16(%[idx])\n\t" /* commit: main and spare swapped at once */
 			 SA_RSEQ_EPILOGUE
-			 : [idx] "=&r"(idx), [t] "=&r"(t), [sh] "=&r"(sh)
+			 : [idx] "=&r"(idx), [t] "=&r"(t), [sh] "=&r"(sh), [x] "=&x"(x)
 			 : [off] "r"(off), [tab] "r"(tab)
 			 : "memory", "cc"
 			 : unreg, stopped, retry, nospare);
 	} else {
 		unsigned long st;
 		asm volatile goto(SA_RSEQ_PROLOGUE
-			 "movl 4(%[idx]), %k[t]\n\t"
-			 "movq 8(%[idx],%[t],8), %[sh]\n\t"
+			 "movq 16(%[idx]), %[sh]\n\t"
 			 "movl (%[sh]), %k[st]\n\t"
 			 "cmpl 8(%[sh]), %k[st]\n\t"
 			 "jb %l[retry]\n\t"
-			 "xorl $1, %k[t]\n\t"
-			 "movq 8(%[idx],%[t],8), %[sh]\n\t"
+			 "movq 24(%[idx]), %[sh]\n\t"
 			 "movl (%[sh]), %k[st]\n\t"
 			 "cmpl 8(%[sh]), %k[st]\n\t"
 			 "jae %l[nospare]\n\t"
-			 "movl %k[t], 4(%[idx])\n\t" /* commit */
+			 "movdqa 16(%[idx]), %[x]\n\t"
+			 "pshufd $0x4e, %[x], %[x]\n\t"
+			 "movdqa %[x], 16(%[idx])\n\t" /* commit: main and spare swapped at once */
 			 SA_RSEQ_EPILOGUE
-			 : [idx] "=&r"(idx), [t] "=&r"(t), [sh] "=&r"(sh), [st] "=&r"(st)
+			 : [idx] "=&r"(idx), [t] "=&r"(t), [sh] "=&r"(sh), [st] "=&r"(st), [x] "=&x"(x)
 			 : [off] "r"(off), [tab] "r"(tab)
 			 : "memory", "cc"
 			 : unreg, stopped, retry, nospare);
@@ -218,16 +226,14 @@ sa_rseq_xchg(struct sa_pcs_slot *tab, long off, unsigned which, struct sa_sheaf 
 	asm volatile goto(SA_RSEQ_PROLOGUE
 		 "cmpl $-1, %k[node]\n\t"
 		 "je .Lsa_any%=\n\t"
-		 "cmpl %k[node], 32(%[idx])\n\t"
+		 "cmpl %k[node], 4(%[idx])\n\t"
 		 "jne %l[wrongnode]\n\t"
 		 ".Lsa_any%=:\n\t"
-		 "movl 4(%[idx]), %k[t]\n\t"
-		 "xorl %k[which], %k[t]\n\t"
-		 "movq 8(%[idx],%[t],8), %[old]\n\t"
-		 "movq %[nw], 8(%[idx],%[t],8)\n\t" /* commit */
+		 "movq 16(%[idx],%[which],8), %[old]\n\t"
+		 "movq %[nw], 16(%[idx],%[which],8)\n\t" /* commit */
 		 SA_RSEQ_EPILOGUE
 		 : [idx] "=&r"(idx), [t] "=&r"(t), [old] "=&r"(old)
-		 : [off] "r"(off), [tab] "r"(tab), [nw] "r"(nw), [node] "r"(node), [which] "r"(which)
+		 : [off] "r"(off), [tab] "r"(tab), [nw] "r"(nw), [node] "r"(node), [which] "r"((unsigned long)which)
 		 : "memory", "cc"
 		 : unreg, stopped, wrongnode);
 	*oldp = old;
