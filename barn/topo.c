@@ -3,8 +3,8 @@
  *
  * Owns: the node count, the CPU -> node map and each node's nodeset for binding. Loaded once
  * by sa_init (HWLOC_XMLFILE and HWLOC_SYNTHETIC are honoured by hwloc itself). Until it is
- * loaded every CPU is on node 0, which is also what a failed load leaves. Only NUMA nodes and
- * PUs are kept (all other object types filtered out) so that loading stays cheap.
+ * loaded every CPU is on node 0, which is also what a failed load leaves. Caches, I/O and misc objects
+ * are filtered out so that loading stays cheap.
  * Written once under sa_init's lock; read-only afterwards.
  */
 #define _GNU_SOURCE
@@ -31,9 +31,11 @@ void sa_topo_init(void)
 	sa_nr_nodes = 1;
 	if (hwloc_topology_init(&topo) != 0)
 		return;
-	hwloc_topology_set_all_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_NONE);
-	hwloc_topology_set_type_filter(topo, HWLOC_OBJ_PU, HWLOC_TYPE_FILTER_KEEP_ALL);
-	hwloc_topology_set_type_filter(topo, HWLOC_OBJ_NUMANODE, HWLOC_TYPE_FILTER_KEEP_ALL);
+	/* caches, I/O and misc objects are not needed; the levels that carry NUMA nodes
+	 * (package, core, group) must stay, or every node would seem to hold every PU */
+	hwloc_topology_set_cache_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_NONE);
+	hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_NONE);
+	hwloc_topology_set_type_filter(topo, HWLOC_OBJ_MISC, HWLOC_TYPE_FILTER_KEEP_NONE);
 	if (hwloc_topology_load(topo) != 0) {
 		hwloc_topology_destroy(topo);
 		return;
@@ -47,19 +49,17 @@ void sa_topo_init(void)
 	}
 	for (int i = 0; i < n; i++)
 		node_obj[i] = hwloc_get_obj_by_type(topo, HWLOC_OBJ_NUMANODE, (unsigned)i);
-	int npu = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PU);
-	for (int i = 0; i < npu; i++) {
-		hwloc_obj_t pu = hwloc_get_obj_by_type(topo, HWLOC_OBJ_PU, (unsigned)i);
-		if (!pu || pu->os_index >= (unsigned)sa_nr_cpus)
+	/* each node's cpuset lists the OS indexes of its PUs */
+	for (int k = n - 1; k >= 0; k--) {
+		if (!node_obj[k] || !node_obj[k]->cpuset)
 			continue;
-		int node = 0;
-		for (int k = 0; k < n; k++) {
-			if (node_obj[k] && hwloc_bitmap_intersects(pu->nodeset, node_obj[k]->nodeset)) {
-				node = k;
-				break;
-			}
+		int cpu;
+		hwloc_bitmap_foreach_begin(cpu, node_obj[k]->cpuset)
+		{
+			if (cpu >= 0 && cpu < sa_nr_cpus)
+				cpu_node[cpu] = k;
 		}
-		cpu_node[pu->os_index] = node;
+		hwloc_bitmap_foreach_end();
 	}
 	const struct hwloc_topology_support *sup = hwloc_topology_get_support(topo);
 	can_bind = sup && sup->membind && sup->membind->set_area_membind;
