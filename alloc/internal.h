@@ -242,6 +242,7 @@ struct sa_options {
 	int scope_check_abort;
 	unsigned purge_ms;
 	int verbose;
+	int topology_hwloc;      /* topology=hwloc: load hwloc even on one node */
 };
 extern struct sa_options sa_opt;
 void sa_options_parse(const char *s);

@@ -71,6 +71,8 @@ static const struct opt_desc table[] = {
 	 "what a scope restored out of order does"},
 	{"purge_ms", OPT_UINT, &sa_opt.purge_ms, 0, 3600000, NULL,
 	 "delay before free pages are returned to the OS"},
+	{"topology", OPT_ENUM, &sa_opt.topology_hwloc, 0, 1, "auto|hwloc",
+	 "auto: load hwloc only on multi-node machines or when HWLOC_* gives a topology"},
 	{"verbose", OPT_BOOL, &sa_opt.verbose, 0, 1, NULL, "print the effective settings at start"},
 };
 

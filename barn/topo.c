@@ -15,7 +15,7 @@
 #include "alloc/internal.h"
 
 static hwloc_topology_t topo;
-static int topo_ok;
+static int topo_ok; /* hwloc loaded */
 static int *cpu_node;              /* [sa_nr_cpus] */
 static hwloc_obj_t node_obj[SA_MAX_NODES];
 static int can_bind;
@@ -29,6 +29,12 @@ void sa_topo_init(void)
 {
 	cpu_node = sa_meta_alloc(sizeof(int) * (size_t)sa_nr_cpus);
 	sa_nr_nodes = 1;
+	/* Loading hwloc costs about 2.7 ms here (it reads much of /sys). On a machine with one
+	 * node and no topology given through HWLOC_XMLFILE / HWLOC_SYNTHETIC / HWLOC_FSROOT there
+	 * is nothing to learn from it, so start-up skips it (docs/design.md §4). */
+	if (!getenv("HWLOC_XMLFILE") && !getenv("HWLOC_SYNTHETIC") && !getenv("HWLOC_FSROOT") &&
+	    access("/sys/devices/system/node/node1", F_OK) != 0 && !sa_opt.topology_hwloc)
+		return;
 	if (hwloc_topology_init(&topo) != 0)
 		return;
 	/* caches, I/O and misc objects are not needed; the levels that carry NUMA nodes
