@@ -164,13 +164,17 @@ struct sa_slab {
 _Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
 
 #define SA_SEG_MAGIC 0x5368656166536567ull
+#define SA_HUGE_MAGIC 0x5368656166487567ull
 struct sa_segment {
-	uint64_t magic;
+	uint64_t magic;           /* SA_SEG_MAGIC, or SA_HUGE_MAGIC for one huge allocation */
 	int32_t node;
 	uint32_t nfree;           /* pages->lock: free units */
 	uint64_t free_units;      /* pages->lock: bit i set = unit i free (bit 0 is the header) */
 	struct sa_segment *next;  /* pages->lock: node's segment list */
-	uint64_t pad[4];
+	uint64_t dirty_units;     /* pages->lock: free units whose pages may still be resident */
+	size_t huge_len;          /* huge: bytes mapped from the segment start */
+	size_t huge_off;          /* huge: offset of the user block */
+	uint64_t pad;
 	struct sa_slab slabs[SA_UNITS_PER_SEG]; /* slabs[0] unused (header unit) */
 };
 _Static_assert(offsetof(struct sa_segment, slabs) == 64, "sa_slab_of relies on it");
@@ -287,6 +291,9 @@ static inline char *sa_slab_base(const struct sa_slab *s)
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
 				       _Atomic uint64_t *bind_failures);
 void sa_segment_free_units(struct sa_slab *head);
+size_t sa_segment_purge(int force); /* madvise dirty free units; force: all of them now */
+size_t sa_segment_dirty_bytes(void);
+void sa_segmap_set(const void *seg, int on);
 uint64_t sa_segment_bind_failures(void);
 size_t sa_segment_mapped_bytes(void);
 void sa_segment_atfork(int phase);

@@ -6,13 +6,17 @@
  * list of segments with their free-unit bitmaps.
  * pages->lock (rank 5) protects a node's segment list and every free_units/nfree in it.
  * A segment is mapped 8 MiB and trimmed to a 4 MiB-aligned 4 MiB, then bound to its node with
- * hwloc (a failure is counted, not fatal: the memory is still usable). Freed units are purged
- * with madvise(MADV_DONTNEED) before they are marked free, so the lock is never held across a
- * system call. Segments are kept mapped (their address space is reused).
+ * hwloc (a failure is counted, not fatal: the memory is still usable). Freed units are marked
+ * free and dirty; dirty units are purged with madvise(MADV_DONTNEED) once purge_ms has passed
+ * since the last purge, when more than SA_DIRTY_MAX bytes are dirty, or on sa_trim. A purge
+ * takes the units out of the free set under the lock, calls madvise without it, and puts them
+ * back, so the lock is never held across a system call. Segments stay mapped (their address
+ * space is reused).
  */
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "alloc/internal.h"
 
@@ -27,6 +31,23 @@ static struct sa_pages pages[SA_MAX_NODES];
 static _Atomic uint64_t bind_failures_total;
 static _Atomic uint64_t mapped_bytes;
 static pthread_once_t pages_once = PTHREAD_ONCE_INIT;
+static _Atomic uint64_t dirty_bytes;
+static _Atomic uint64_t last_purge_ns;
+#define SA_DIRTY_MAX (64ul << 20)
+
+void sa_segmap_set(const void *seg, int on)
+{
+	uintptr_t bit = (uintptr_t)seg >> SA_SEG_SHIFT;
+	if (on)
+		__atomic_fetch_or(&sa_segmap[bit >> 6], 1ull << (bit & 63), __ATOMIC_RELEASE);
+	else
+		__atomic_fetch_and(&sa_segmap[bit >> 6], ~(1ull << (bit & 63)), __ATOMIC_RELEASE);
+}
+
+size_t sa_segment_dirty_bytes(void)
+{
+	return atomic_load(&dirty_bytes);
+}
 
 static void pages_init(void)
 {
@@ -72,8 +93,7 @@ static struct sa_segment *segment_map(int node, _Atomic uint64_t *bind_failures)
 	seg->nfree = SA_UNITS_PER_SEG - 1;
 	for (unsigned i = 0; i < SA_UNITS_PER_SEG; i++)
 		seg->slabs[i].node = node;
-	uintptr_t bit = (uintptr_t)a >> SA_SEG_SHIFT;
-	__atomic_fetch_or(&sa_segmap[bit >> 6], 1ull << (bit & 63), __ATOMIC_RELEASE);
+	sa_segmap_set(a, 1);
 	atomic_fetch_add(&mapped_bytes, SA_SEG_SIZE);
 	return seg;
 }
@@ -95,6 +115,11 @@ static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units)
 	uint64_t mask = (units == 64 ? ~0ull : ((1ull << units) - 1)) << at;
 	seg->free_units &= ~mask;
 	seg->nfree -= units;
+	uint64_t was_dirty = seg->dirty_units & mask;
+	if (was_dirty) {
+		seg->dirty_units &= ~mask;
+		atomic_fetch_sub(&dirty_bytes, (uint64_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
+	}
 	return &seg->slabs[at];
 }
 
@@ -130,11 +155,17 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 	return s;
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 void sa_segment_free_units(struct sa_slab *head)
 {
 	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
 	unsigned at = (unsigned)(head - seg->slabs), units = head->nunits;
-	madvise(sa_slab_base(head), (size_t)units * SA_UNIT_SIZE, MADV_DONTNEED);
 	for (unsigned i = 0; i < units; i++) {
 		struct sa_slab *u = &head[i];
 		__atomic_store_n(&u->cache, NULL, __ATOMIC_RELEASE);
@@ -146,11 +177,62 @@ void sa_segment_free_units(struct sa_slab *head)
 		u->nunits = 0;
 		u->on_partial = 0;
 	}
+	uint64_t mask = (units == 64 ? ~0ull : ((1ull << units) - 1)) << at;
 	struct sa_pages *pg = &pages[seg->node];
 	pthread_mutex_lock(&pg->lock);
-	seg->free_units |= (units == 64 ? ~0ull : ((1ull << units) - 1)) << at;
+	seg->free_units |= mask;
+	seg->dirty_units |= mask;
 	seg->nfree += units;
 	pthread_mutex_unlock(&pg->lock);
+	uint64_t d = atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE) +
+		     (uint64_t)units * SA_UNIT_SIZE;
+	if (d > SA_DIRTY_MAX ||
+	    now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull)
+		sa_segment_purge(0);
+}
+
+/* Purge dirty free units: all of them. Returns the bytes purged. */
+size_t sa_segment_purge(int force)
+{
+	(void)force;
+	pthread_once(&pages_once, pages_init);
+	atomic_store(&last_purge_ns, now_ns());
+	size_t total = 0;
+	for (int n = 0; n < SA_MAX_NODES; n++) {
+		struct sa_pages *pg = &pages[n];
+		pthread_mutex_lock(&pg->lock);
+		struct sa_segment *seg = pg->segs, *next;
+		pthread_mutex_unlock(&pg->lock);
+		for (; seg; seg = next) {
+			pthread_mutex_lock(&pg->lock);
+			next = seg->next; /* segments are only ever prepended: next stays valid */
+			uint64_t take = seg->dirty_units & seg->free_units;
+			seg->free_units &= ~take; /* ours while madvise runs */
+			seg->nfree -= (uint32_t)__builtin_popcountll(take);
+			pthread_mutex_unlock(&pg->lock);
+			if (!take)
+				continue;
+			uint64_t m = take;
+			while (m) {
+				unsigned at = (unsigned)__builtin_ctzll(m);
+				unsigned len = (unsigned)__builtin_ctzll(~(m >> at));
+				if (at + len > 64)
+					len = 64 - at;
+				madvise((char *)seg + (size_t)at * SA_UNIT_SIZE, (size_t)len * SA_UNIT_SIZE,
+					MADV_DONTNEED);
+				m &= ~((len == 64 ? ~0ull : ((1ull << len) - 1)) << at);
+			}
+			pthread_mutex_lock(&pg->lock);
+			seg->dirty_units &= ~take;
+			seg->free_units |= take;
+			seg->nfree += (uint32_t)__builtin_popcountll(take);
+			pthread_mutex_unlock(&pg->lock);
+			size_t b = (size_t)__builtin_popcountll(take) * SA_UNIT_SIZE;
+			atomic_fetch_sub(&dirty_bytes, b);
+			total += b;
+		}
+	}
+	return total;
 }
 
 void sa_segment_atfork(int phase)
