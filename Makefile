@@ -2,6 +2,8 @@
 # Variables: SAN=address|thread (sanitizer build of libraries and tests into build-$(SAN)/).
 
 CC       ?= cc
+PREFIX   ?= /usr/local
+VERSION  := 0.1.0
 CXX      ?= c++
 OPT      ?= -O2
 SAN      ?=
@@ -31,7 +33,7 @@ TEST_HDRS := $(wildcard tests/*.h)
 
 .PHONY: all lib deps test check-long bench format tidy clean install
 all: lib
-lib: $(B)/libsheafalloc.so $(B)/libsheafalloc.a
+lib: $(B)/libsheafalloc.so $(B)/libsheafalloc.a $(if $(SAN),,$(B)/libsheafalloc_malloc.so) $(B)/sheafalloc.pc
 
 $(B)/obj/%.o: %.c $(HDRS) Makefile
 	@mkdir -p $(dir $@)
@@ -42,6 +44,16 @@ $(B)/libsheafalloc.so: $(LIB_OBJS) exports.map
 	@echo "  LD      $@"
 	@$(CC) -shared -o $@ $(LIB_OBJS) $(LDFLAGS) -Wl,--version-script=exports.map -Wl,-z,nodelete \
 		-Wl,-soname,libsheafalloc.so $(LIBS)
+
+# The malloc replacement: the same objects plus the standard names. Not built with sanitizers
+# (they replace malloc themselves).
+$(B)/libsheafalloc_malloc.so: $(LIB_OBJS) $(B)/obj/alloc/override/override.o exports_malloc.map
+	@echo "  LD      $@"
+	@$(CC) -shared -o $@ $(LIB_OBJS) $(B)/obj/alloc/override/override.o $(LDFLAGS) \
+		-Wl,--version-script=exports_malloc.map -Wl,-z,nodelete -Wl,-soname,libsheafalloc_malloc.so $(LIBS)
+
+$(B)/sheafalloc.pc: sheafalloc.pc.in Makefile
+	@sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
 
 $(B)/libsheafalloc.a: $(LIB_OBJS)
 	@rm -f $@
@@ -80,6 +92,15 @@ format:
 tidy:
 	cppcheck --quiet --enable=warning,performance,portability --inline-suppr --error-exitcode=1 \
 		-Iinclude -I. $(LIB_SRCS)
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+		$(DESTDIR)$(PREFIX)/share/doc/sheafalloc
+	install -m 644 include/sheafalloc.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(B)/libsheafalloc.so $(B)/libsheafalloc_malloc.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(B)/libsheafalloc.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(B)/sheafalloc.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/sheafalloc/
 
 clean:
 	rm -rf build build-*

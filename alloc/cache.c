@@ -193,7 +193,29 @@ SA_API void sa_free(void *obj)
 	}
 	int why = sa_pcs_push_fast(c, obj, s->node);
 	if (SA_UNLIKELY(why))
-		sa_pcs_free_slow(c, obj, s->node, why);
+		sa_free_slow(c, obj, s, why);
+}
+
+/* A topology with more nodes was loaded after c was created (start-up): give c those nodes. */
+void sa_cache_topology_changed(struct sa_cache *c)
+{
+	for (int i = 1; i < sa_nr_nodes; i++) {
+		if (c->nodes[i])
+			continue;
+		struct sa_cache_node *n = sa_meta_alloc(sizeof(*n));
+		if (!n) {
+			sa_msg("sheafalloc: cache '%s': no memory for node %d; its CPUs use node 0\n",
+			       c->name, i);
+			continue;
+		}
+		pthread_mutex_init(&n->lock, NULL);
+		sa_barn_init(&n->barn);
+		__atomic_store_n(&c->nodes[i], n, __ATOMIC_RELEASE);
+	}
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		int node = sa_topo_cpu_node(cpu);
+		__atomic_store_n(&c->slots[cpu].node, c->nodes[node] ? node : 0, __ATOMIC_RELEASE);
+	}
 }
 
 SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)

@@ -96,7 +96,16 @@ void sa_init_slow(void)
 		sa_nr_cpus = possible_cpus();
 		sa_options_parse(getenv("SHEAFALLOC_OPTIONS"));
 		sa_pcs_init_mode();
+		/* the malloc classes exist before hwloc runs: it allocates (through us when we
+		 * are the process's malloc); they get the other nodes once it has loaded */
+		sa_malloc_init();
 		sa_topo_init();
+		if (sa_nr_nodes > 1) {
+			pthread_mutex_lock(&sa_caches_lock);
+			for (struct sa_cache *c = sa_caches; c; c = c->next)
+				sa_cache_topology_changed(c);
+			pthread_mutex_unlock(&sa_caches_lock);
+		}
 		if (sa_opt.verbose) {
 			sa_msg("sheafalloc: per-CPU mode %s, %d possible CPUs, %d NUMA node(s)\n",
 			       sa_percpu_mode(), sa_nr_cpus, sa_nr_nodes);

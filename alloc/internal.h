@@ -346,12 +346,18 @@ int sa_rseq_thread_ready(void);
 void sa_rseq_fence_all(void);
 void sa_pcs_fold(struct sa_cache *c, struct sa_sheaf *s);
 void sa_pcs_stats_racy(struct sa_cache *c, uint64_t *allocs, uint64_t *frees, uint64_t *cached);
-void sa_pcs_set_nodes(struct sa_cache *c);
 struct sa_sheaf *sa_pcs_take_spare(struct sa_cache *c);
 int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s);
 
 /* cache internals (alloc/cache.c) */
 SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *why);
+void sa_cache_topology_changed(struct sa_cache *c);
+void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why);
+
+/* malloc front end (alloc/malloc.c) */
+void sa_malloc_init(void);
+void *sa_valloc(size_t size);
+void *sa_pvalloc(size_t size);
 void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node);
 
 #pragma GCC visibility pop

@@ -478,9 +478,3 @@ void sa_pcs_drain(struct sa_cache *c)
 	}
 	pthread_mutex_unlock(&c->drain_lock);
 }
-
-void sa_pcs_set_nodes(struct sa_cache *c)
-{
-	for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
-		__atomic_store_n(&c->slots[cpu].node, sa_topo_cpu_node(cpu), __ATOMIC_RELAXED);
-}

@@ -1,0 +1,432 @@
+/*
+ * alloc/malloc.c — the malloc front end: size classes over caches, large and huge blocks
+ * (docs/design.md §10).
+ *
+ * Owns: the class table (written once in sa_malloc_init, before sa_ready is published; a NULL
+ * entry means "not initialized yet" and sends the call to the slow path), and the two marker
+ * caches that tag large and huge blocks in the segment records.
+ *
+ * Three kinds of block, told apart by the cache recorded for the address's unit:
+ *   small  size <= 32 KiB: an object of the class cache (40 classes, at most 25% internal waste
+ *          above 128 B, docs/design.md §10); freed through that cache's sheaves.
+ *   large  32 KiB < size <= 2 MiB (or alignment up to 2 MiB): a run of 64 KiB units of a segment
+ *          of this CPU's node, tagged with sa_large_cache. Freed units stay dirty until purged.
+ *   huge   larger: its own mapping, aligned to 4 MiB so that its first unit record is the
+ *          header (SA_HUGE_MAGIC) and the segment map finds it; grown in place or moved with
+ *          mremap; unmapped on free.
+ * The marker caches' slots carry node -1, so a push onto them always fails into the slow path,
+ * which dispatches on the marker: the small-object free path pays nothing for them.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "sheaf/pcs_inline.h"
+
+#define SA_SMALL_MAX 32768ul
+#define SA_LARGE_MAX (2ul << 20)
+#define SA_NR_CLASSES 40
+#define SA_PAGE 4096ul
+
+static const uint32_t class_size[SA_NR_CLASSES] = {
+	16,    32,    48,    64,    80,    96,    112,   128,   160,   192,
+	224,   256,   320,   384,   448,   512,   640,   768,   896,   1024,
+	1280,  1536,  1792,  2048,  2560,  3072,  3584,  4096,  5120,  6144,
+	7168,  8192,  10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
+};
+
+static uint8_t small_class[1024 / 16 + 1]; /* (size + 15) / 16 -> class, sizes <= 1024 */
+struct sa_cache *sa_class_cache[SA_NR_CLASSES];
+struct sa_cache sa_large_cache = {.name = "(large blocks)"};
+struct sa_cache sa_huge_cache = {.name = "(huge blocks)"};
+static _Atomic size_t huge_bytes; /* bytes of live huge mappings */
+
+static inline unsigned size_to_class(size_t n)
+{
+	if (n <= 1024)
+		return small_class[(n + 15) >> 4];
+	unsigned lg = 63u - (unsigned)__builtin_clzll(n - 1); /* n - 1 >= 1024: lg >= 10 */
+	unsigned mod = (unsigned)((n - 1) >> (lg - 2)) & 3;
+	return 20 + (lg - 10) * 4 + mod;
+}
+
+static struct sa_pcs_slot *marker_slots(void)
+{
+	struct sa_pcs_slot *s = sa_meta_alloc(sizeof(*s) * (size_t)sa_nr_cpus);
+	if (!s)
+		return NULL;
+	for (int i = 0; i < sa_nr_cpus; i++) {
+		s[i].sh[0] = s[i].sh[1] = s[i].rcu = &sa_sheaf_sentinel;
+		s[i].node = -1; /* no object matches: every push fails */
+		s[i].stopped = 1;
+	}
+	return s;
+}
+
+/* Called by sa_init_slow before the topology is loaded. */
+void sa_malloc_init(void)
+{
+	for (size_t n = 0, c = 0; n <= 1024; n += 16) {
+		while (class_size[c] < (n ? n : 1))
+			c++;
+		small_class[n >> 4] = (uint8_t)c;
+	}
+	sa_large_cache.slots = marker_slots();
+	sa_huge_cache.slots = marker_slots();
+	for (unsigned i = 0; i < SA_NR_CLASSES; i++) {
+		char name[32];
+		struct sa_cache_args a = {.align = 16};
+		if (class_size[i] > 8192)
+			a.sheaf_capacity = 4;
+		snprintf(name, sizeof(name), "malloc-%u", class_size[i]);
+		__atomic_store_n(&sa_class_cache[i], sa_cache_create(name, class_size[i], &a),
+				 __ATOMIC_RELEASE);
+	}
+}
+
+/* ------------------------------------------------------------------ large and huge blocks ---- */
+static void *large_alloc(size_t size, size_t align, sa_flags_t flags)
+{
+	size_t off = 0;
+	size_t units = (size + SA_UNIT_SIZE - 1) >> SA_UNIT_SHIFT;
+	if (align > SA_UNIT_SIZE) {
+		units += (align >> SA_UNIT_SHIFT) - 1;
+		off = 1; /* computed below */
+	}
+	struct sa_cache *c = &sa_large_cache;
+	struct sa_slab *s = sa_segment_alloc_units(sa_pcs_current_node(sa_class_cache[0]),
+						   (unsigned)units, flags, NULL);
+	if (!s)
+		return NULL;
+	char *base = sa_slab_base(s);
+	if (off)
+		off = (size_t)((((uintptr_t)base + align - 1) & ~(uintptr_t)(align - 1)) - (uintptr_t)base);
+	s->nobjs = 1;
+	s->inuse = 1;
+	for (unsigned i = 0; i < s->nunits; i++)
+		__atomic_store_n(&s[i].cache, c, __ATOMIC_RELEASE);
+	return base + off;
+}
+
+static size_t large_usable(struct sa_slab *s, const void *p)
+{
+	struct sa_slab *h = s->head;
+	return (size_t)h->nunits * SA_UNIT_SIZE - (size_t)((const char *)p - sa_slab_base(h));
+}
+
+static void *huge_alloc(size_t size, size_t align)
+{
+	size_t off = align > SA_PAGE ? align : SA_PAGE;
+	if (off >= SA_SEG_SIZE || size > (size_t)PTRDIFF_MAX - off - 2 * SA_SEG_SIZE) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	size_t len = (off + size + SA_PAGE - 1) & ~(SA_PAGE - 1);
+	size_t span = len + SA_SEG_SIZE;
+	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+	if (m == MAP_FAILED) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	char *a = (char *)(((uintptr_t)m + SA_SEG_SIZE - 1) & ~(SA_SEG_SIZE - 1));
+	if (a > m)
+		munmap(m, (size_t)(a - m));
+	if (a + len < m + span)
+		munmap(a + len, (size_t)(m + span - (a + len)));
+	struct sa_segment *seg = (struct sa_segment *)a;
+	seg->magic = SA_HUGE_MAGIC;
+	seg->node = sa_pcs_current_node(sa_class_cache[0]);
+	seg->huge_len = len;
+	seg->huge_off = off;
+	struct sa_slab *rec = &seg->slabs[(off >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
+	rec->node = seg->node;
+	rec->head = rec;
+	__atomic_store_n(&rec->cache, &sa_huge_cache, __ATOMIC_RELEASE);
+	sa_topo_bind(a, len, seg->node);
+	sa_segmap_set(a, 1);
+	atomic_fetch_add(&huge_bytes, len);
+	return a + off;
+}
+
+static struct sa_segment *seg_of(const void *p)
+{
+	return (struct sa_segment *)((uintptr_t)p & ~(SA_SEG_SIZE - 1));
+}
+
+static void huge_free(void *p)
+{
+	struct sa_segment *seg = seg_of(p);
+	atomic_fetch_sub(&huge_bytes, seg->huge_len);
+	sa_segmap_set(seg, 0);
+	munmap(seg, seg->huge_len);
+}
+
+/* The slow half of every free: marker caches, and misses of the cache fast path. */
+SA_NOINLINE void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why)
+{
+	if (c == &sa_large_cache) {
+		sa_segment_free_units(s->head);
+		return;
+	}
+	if (c == &sa_huge_cache) {
+		huge_free(p);
+		return;
+	}
+	sa_pcs_free_slow(c, p, s->node, why);
+}
+
+/* ------------------------------------------------------------------ the family -------------- */
+static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags)
+{
+	sa_ensure_init();
+	void *p;
+	if (size > (size_t)PTRDIFF_MAX) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (size <= SA_SMALL_MAX && align <= SA_PAGE) {
+		unsigned k = size_to_class(size);
+		while (k < SA_NR_CLASSES && (class_size[k] & (align - 1)))
+			k++;
+		if (k < SA_NR_CLASSES && sa_class_cache[k])
+			return sa_cache_alloc(sa_class_cache[k], flags);
+	}
+	size_t slack = align > SA_UNIT_SIZE ? align - SA_UNIT_SIZE : 0;
+	if (size <= SA_LARGE_MAX && slack <= SA_LARGE_MAX - size && sa_class_cache[0]) {
+		p = large_alloc(size, align, flags);
+		if (p && (flags & SA_ZERO))
+			memset(p, 0, size);
+	} else if (flags & SA_NOWAIT) {
+		p = NULL;
+	} else {
+		p = huge_alloc(size, align); /* fresh mapping: already zero */
+	}
+	if (!p)
+		errno = ENOMEM;
+	return p;
+}
+
+static inline void *malloc_inline(size_t size, sa_flags_t flags)
+{
+	if (SA_LIKELY(size <= 1024)) {
+		struct sa_cache *c = sa_class_cache[small_class[(size + 15) >> 4]];
+		if (SA_LIKELY(c != NULL))
+			return sa_cache_alloc(c, flags);
+	}
+	return malloc_slow(size, 1, flags);
+}
+
+SA_API void *sa_malloc(size_t size)
+{
+	return malloc_inline(size, 0);
+}
+
+SA_API void *sa_malloc_flags(size_t size, sa_flags_t flags)
+{
+	return malloc_inline(size, flags);
+}
+
+SA_API void *sa_calloc(size_t nmemb, size_t size)
+{
+	size_t n;
+	if (__builtin_mul_overflow(nmemb, size, &n)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (n > SA_LARGE_MAX)
+		return malloc_slow(n, 1, 0); /* huge: a fresh mapping is zero */
+	return malloc_inline(n, SA_ZERO);
+}
+
+SA_API size_t sa_malloc_usable_size(void *p)
+{
+	struct sa_slab *s = sa_slab_of(p);
+	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
+	if (!c)
+		return 0;
+	if (c == &sa_large_cache)
+		return large_usable(s, p);
+	if (c == &sa_huge_cache) {
+		struct sa_segment *seg = seg_of(p);
+		return seg->huge_len - seg->huge_off;
+	}
+	return c->freeptr_off ? c->freeptr_off : c->stride;
+}
+
+static void *huge_realloc(void *p, size_t size)
+{
+	struct sa_segment *seg = seg_of(p);
+	size_t off = seg->huge_off, len = seg->huge_len;
+	if (size > (size_t)PTRDIFF_MAX - off - 2 * SA_SEG_SIZE)
+		return NULL;
+	size_t nlen = (off + size + SA_PAGE - 1) & ~(SA_PAGE - 1);
+	if (nlen <= len) {
+		if (nlen < len)
+			munmap((char *)seg + nlen, len - nlen);
+		seg->huge_len = nlen;
+		atomic_fetch_sub(&huge_bytes, len - nlen);
+		return p;
+	}
+	/* grow in place if the next pages are free */
+	if (mremap(seg, len, nlen, 0) != MAP_FAILED) {
+		seg->huge_len = nlen;
+		atomic_fetch_add(&huge_bytes, nlen - len);
+		return p;
+	}
+	/* move the pages (no copy) to a new 4 MiB-aligned place */
+	size_t span = nlen + SA_SEG_SIZE;
+	char *m = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (m == MAP_FAILED)
+		return NULL;
+	char *a = (char *)(((uintptr_t)m + SA_SEG_SIZE - 1) & ~(SA_SEG_SIZE - 1));
+	sa_segmap_set(seg, 0);
+	void *r = mremap(seg, len, nlen, MREMAP_MAYMOVE | MREMAP_FIXED, a);
+	if (r == MAP_FAILED) {
+		sa_segmap_set(seg, 1);
+		munmap(m, span);
+		return NULL;
+	}
+	if (a > m)
+		munmap(m, (size_t)(a - m));
+	if (a + nlen < m + span)
+		munmap(a + nlen, (size_t)(m + span - (a + nlen)));
+	struct sa_segment *ns = (struct sa_segment *)a;
+	ns->huge_len = nlen;
+	atomic_fetch_add(&huge_bytes, nlen - len);
+	sa_segmap_set(ns, 1);
+	return a + off;
+}
+
+SA_API void *sa_realloc(void *p, size_t size)
+{
+	if (!p)
+		return sa_malloc(size);
+	if (size == 0) { /* glibc: free and return NULL */
+		sa_free(p);
+		return NULL;
+	}
+	struct sa_slab *s = sa_slab_of(p);
+	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
+	if (!c) {
+		sa_cache_bad_free(NULL, p, "realloc of a pointer that is not a sheafalloc block");
+		errno = EINVAL;
+		return NULL;
+	}
+	size_t old = sa_malloc_usable_size(p);
+	if (c == &sa_huge_cache && size > SA_LARGE_MAX) {
+		void *r = huge_realloc(p, size);
+		if (!r)
+			errno = ENOMEM;
+		return r;
+	}
+	/* stays in place while it fits and does not waste more than half */
+	if (size <= old && (size > old / 2 || old <= 16))
+		return p;
+	void *n = sa_malloc(size);
+	if (!n)
+		return NULL;
+	memcpy(n, p, size < old ? size : old);
+	sa_free(p);
+	return n;
+}
+
+SA_API void *sa_reallocarray(void *p, size_t nmemb, size_t size)
+{
+	size_t n;
+	if (__builtin_mul_overflow(nmemb, size, &n)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return sa_realloc(p, n);
+}
+
+static int is_pow2(size_t x)
+{
+	return x && !(x & (x - 1));
+}
+
+static void *aligned(size_t align, size_t size)
+{
+	if (align <= 16)
+		return sa_malloc(size);
+	if (size == 0)
+		size = 1;
+	if (size > (size_t)PTRDIFF_MAX - align) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return malloc_slow(size < align && align <= SA_PAGE ? align : size, align, 0);
+}
+
+SA_API void *sa_aligned_alloc(size_t align, size_t size)
+{
+	if (!is_pow2(align)) {
+		errno = EINVAL;
+		return NULL;
+	}
+	return aligned(align, size);
+}
+
+SA_API int sa_posix_memalign(void **memptr, size_t align, size_t size)
+{
+	if (!is_pow2(align) || align % sizeof(void *))
+		return EINVAL;
+	int saved = errno;
+	void *p = aligned(align, size);
+	if (!p) {
+		errno = saved;
+		return ENOMEM;
+	}
+	*memptr = p;
+	return 0;
+}
+
+SA_API void *sa_memalign(size_t align, size_t size)
+{
+	if (align > (size_t)PTRDIFF_MAX / 2 + 1) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (!is_pow2(align)) { /* glibc rounds a non-power-of-two alignment up */
+		size_t a = 1;
+		while (a < align)
+			a <<= 1;
+		align = a;
+	}
+	return aligned(align, size);
+}
+
+void *sa_valloc(size_t size)
+{
+	return aligned(SA_PAGE, size);
+}
+
+void *sa_pvalloc(size_t size)
+{
+	size_t r = (size + SA_PAGE - 1) & ~(SA_PAGE - 1);
+	if (r < size) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return aligned(SA_PAGE, r ? r : SA_PAGE);
+}
+
+/* Return every free page the allocator can: flush every cache, purge every dirty unit. */
+SA_API void sa_trim(void)
+{
+	sa_ensure_init();
+	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache *c = sa_caches; c; c = c->next)
+		sa_cache_shrink(c);
+	pthread_mutex_unlock(&sa_caches_lock);
+	sa_segment_purge(1);
+}
+
+SA_API size_t sa_memory_held(void)
+{
+	return sa_segment_mapped_bytes() - sa_segment_dirty_bytes() + atomic_load(&huge_bytes);
+}
