@@ -71,10 +71,12 @@ static void atfork_prepare(void)
 		}
 	}
 	sa_segment_atfork(0);
+	sa_meta_atfork(0);
 }
 
 static void atfork_release(void)
 {
+	sa_meta_atfork(1);
 	sa_segment_atfork(1);
 	for (struct sa_cache *c = sa_caches; c; c = c->next) {
 		for (int i = sa_nr_nodes - 1; i >= 0; i--) {

@@ -258,6 +258,7 @@ void sa_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* metadata allocator (alloc/meta.c): zeroed, 64-byte aligned, never from sa caches */
 void *sa_meta_alloc(size_t size);
 void sa_meta_free(void *p, size_t size);
+void sa_meta_atfork(int phase); /* 0: lock (prepare), 1: unlock (parent, child) */
 
 /* segments and units (alloc/segment.c) */
 extern uint64_t sa_segmap[1ul << (SA_ADDR_BITS - SA_SEG_SHIFT - 6)];

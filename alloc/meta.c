@@ -89,3 +89,11 @@ void sa_meta_free(void *p, size_t size)
 	meta_lists[cls] = f;
 	pthread_mutex_unlock(&sa_meta_lock);
 }
+
+void sa_meta_atfork(int phase)
+{
+	if (phase == 0)
+		pthread_mutex_lock(&sa_meta_lock);
+	else
+		pthread_mutex_unlock(&sa_meta_lock);
+}
