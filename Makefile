@@ -19,7 +19,7 @@ endif
 endif
 
 WARN     := -Wall -Wextra -Werror
-CFLAGS   := $(OPT) -g $(WARN) -std=gnu11 -fPIC -fvisibility=hidden -pthread -Iinclude -I. $(SANFLAGS) $(EXTRA_CFLAGS)
+CFLAGS   := $(OPT) -g $(WARN) -std=gnu11 -fPIC -fvisibility=hidden -fno-semantic-interposition -pthread -Iinclude -I. $(SANFLAGS) $(EXTRA_CFLAGS)
 LIBS     := -lhwloc -lurcu-memb -lurcu-common -lpthread
 LDFLAGS  := $(SANFLAGS)
 
@@ -42,7 +42,7 @@ $(B)/obj/%.o: %.c $(HDRS) Makefile
 
 $(B)/libsheafalloc.so: $(LIB_OBJS) exports.map
 	@echo "  LD      $@"
-	@$(CC) -shared -o $@ $(LIB_OBJS) $(LDFLAGS) -Wl,--version-script=exports.map -Wl,-z,nodelete \
+	@$(CC) -shared -o $@ $(LIB_OBJS) $(LDFLAGS) -Wl,--version-script=exports.map -Wl,-z,nodelete -Wl,-Bsymbolic-functions \
 		-Wl,-soname,libsheafalloc.so $(LIBS)
 
 # The malloc replacement: the same objects plus the standard names. Not built with sanitizers
@@ -50,7 +50,7 @@ $(B)/libsheafalloc.so: $(LIB_OBJS) exports.map
 $(B)/libsheafalloc_malloc.so: $(LIB_OBJS) $(B)/obj/alloc/override/override.o exports_malloc.map
 	@echo "  LD      $@"
 	@$(CC) -shared -o $@ $(LIB_OBJS) $(B)/obj/alloc/override/override.o $(LDFLAGS) \
-		-Wl,--version-script=exports_malloc.map -Wl,-z,nodelete -Wl,-soname,libsheafalloc_malloc.so $(LIBS)
+		-Wl,--version-script=exports_malloc.map -Wl,-z,nodelete -Wl,-Bsymbolic-functions -Wl,-soname,libsheafalloc_malloc.so $(LIBS)
 
 $(B)/sheafalloc.pc: sheafalloc.pc.in Makefile
 	@sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@

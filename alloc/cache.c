@@ -30,6 +30,23 @@ static unsigned auto_capacity(size_t stride)
 	return 8;
 }
 
+struct sa_cache *sa_cache_alloc_struct(void)
+{
+	struct sa_cache *c =
+		sa_meta_alloc(sizeof(*c) + sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
+	if (!c)
+		return NULL;
+	c->slots = SA_CACHE_SLOTS(c);
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
+		c->slots[cpu].sh[0] = c->slots[cpu].sh[1] = c->slots[cpu].rcu = &sa_sheaf_sentinel;
+	return c;
+}
+
+void sa_cache_free_struct(struct sa_cache *c)
+{
+	sa_meta_free(c, sizeof(*c) + sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
+}
+
 static int is_pow2(size_t x)
 {
 	return x && !(x & (x - 1));
@@ -88,29 +105,19 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 			    : sa_opt.sheaf_capacity  ? sa_opt.sheaf_capacity
 						     : auto_capacity(stride);
 
-	struct sa_cache *c = sa_meta_alloc(sizeof(*c));
+	struct sa_cache *c = sa_cache_alloc_struct();
 	if (!c) {
 		errno = ENOMEM;
 		return NULL;
 	}
-	c->slots = sa_meta_alloc(sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
-	if (!c->slots) {
-		sa_meta_free(c, sizeof(*c));
-		errno = ENOMEM;
-		return NULL;
-	}
-	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
-		c->slots[cpu].sh[0] = c->slots[cpu].sh[1] = &sa_sheaf_sentinel;
-		c->slots[cpu].rcu = &sa_sheaf_sentinel;
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
 		c->slots[cpu].node = sa_topo_cpu_node(cpu);
-	}
 	for (int i = 0; i < sa_nr_nodes; i++) {
 		c->nodes[i] = sa_meta_alloc(sizeof(struct sa_cache_node));
 		if (!c->nodes[i]) {
 			for (int k = 0; k < i; k++)
 				sa_meta_free(c->nodes[k], sizeof(struct sa_cache_node));
-			sa_meta_free(c->slots, sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
-			sa_meta_free(c, sizeof(*c));
+			sa_cache_free_struct(c);
 			errno = ENOMEM;
 			return NULL;
 		}
@@ -302,8 +309,7 @@ SA_API void sa_cache_destroy(struct sa_cache *c)
 	}
 	for (int i = 0; i < sa_nr_nodes; i++)
 		sa_meta_free(c->nodes[i], sizeof(struct sa_cache_node));
-	sa_meta_free(c->slots, sizeof(struct sa_pcs_slot) * (size_t)sa_nr_cpus);
-	sa_meta_free(c, sizeof(*c));
+	sa_cache_free_struct(c);
 }
 
 SA_API int sa_object_node(const void *obj)

@@ -192,9 +192,12 @@ struct sa_cache_node {
 	struct sa_barn barn;
 } __attribute__((aligned(SA_CACHELINE)));
 
+/* The slots follow the struct in the same allocation (SA_CACHE_SLOTS): the fast paths find
+ * them by arithmetic, so a free that learns its cache from the slab record needs no further
+ * load before it can compute the address it stores to. */
 struct sa_cache {
 	/* read-mostly, fast path */
-	struct sa_pcs_slot *slots; /* [sa_nr_cpus] */
+	struct sa_pcs_slot *slots; /* == SA_CACHE_SLOTS(this): [sa_nr_cpus] */
 	uint32_t stride;           /* bytes between objects */
 	uint32_t size;             /* requested object size */
 	uint32_t align;
@@ -213,6 +216,11 @@ struct sa_cache {
 	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
 	_Atomic uint64_t bind_failures;
 };
+
+#define SA_CACHE_SLOTS(c) ((struct sa_pcs_slot *)((struct sa_cache *)(c) + 1))
+_Static_assert(sizeof(struct sa_cache) % SA_CACHELINE == 0, "slots stay aligned");
+struct sa_cache *sa_cache_alloc_struct(void); /* zeroed, with initialized slots */
+void sa_cache_free_struct(struct sa_cache *c);
 
 /* ---------------------------------------------------------------- globals ------------------- */
 extern int sa_nr_cpus;   /* possible CPUs (_SC_NPROCESSORS_CONF) */

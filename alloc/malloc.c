@@ -40,8 +40,8 @@ static const uint32_t class_size[SA_NR_CLASSES] = {
 
 static uint8_t small_class[1024 / 16 + 1]; /* (size + 15) / 16 -> class, sizes <= 1024 */
 struct sa_cache *sa_class_cache[SA_NR_CLASSES];
-struct sa_cache sa_large_cache = {.name = "(large blocks)"};
-struct sa_cache sa_huge_cache = {.name = "(huge blocks)"};
+static struct sa_cache *sa_large_cache; /* markers: never hold objects */
+static struct sa_cache *sa_huge_cache;
 static _Atomic size_t huge_bytes; /* bytes of live huge mappings */
 
 static inline unsigned size_to_class(size_t n)
@@ -53,17 +53,17 @@ static inline unsigned size_to_class(size_t n)
 	return 20 + (lg - 10) * 4 + mod;
 }
 
-static struct sa_pcs_slot *marker_slots(void)
+static struct sa_cache *marker_cache(const char *name)
 {
-	struct sa_pcs_slot *s = sa_meta_alloc(sizeof(*s) * (size_t)sa_nr_cpus);
-	if (!s)
+	struct sa_cache *c = sa_cache_alloc_struct();
+	if (!c)
 		return NULL;
+	strncpy(c->name, name, sizeof(c->name) - 1);
 	for (int i = 0; i < sa_nr_cpus; i++) {
-		s[i].sh[0] = s[i].sh[1] = s[i].rcu = &sa_sheaf_sentinel;
-		s[i].node = -1; /* no object matches: every push fails */
-		s[i].stopped = 1;
+		c->slots[i].node = -1; /* no object matches: every push fails */
+		c->slots[i].stopped = 1;
 	}
-	return s;
+	return c;
 }
 
 /* Called by sa_init_slow before the topology is loaded. */
@@ -74,8 +74,8 @@ void sa_malloc_init(void)
 			c++;
 		small_class[n >> 4] = (uint8_t)c;
 	}
-	sa_large_cache.slots = marker_slots();
-	sa_huge_cache.slots = marker_slots();
+	sa_large_cache = marker_cache("(large blocks)");
+	sa_huge_cache = marker_cache("(huge blocks)");
 	for (unsigned i = 0; i < SA_NR_CLASSES; i++) {
 		char name[32];
 		struct sa_cache_args a = {.align = 16};
@@ -96,7 +96,7 @@ static void *large_alloc(size_t size, size_t align, sa_flags_t flags)
 		units += (align >> SA_UNIT_SHIFT) - 1;
 		off = 1; /* computed below */
 	}
-	struct sa_cache *c = &sa_large_cache;
+	struct sa_cache *c = sa_large_cache;
 	struct sa_slab *s = sa_segment_alloc_units(sa_pcs_current_node(sa_class_cache[0]),
 						   (unsigned)units, flags, NULL);
 	if (!s)
@@ -145,7 +145,7 @@ static void *huge_alloc(size_t size, size_t align)
 	struct sa_slab *rec = &seg->slabs[(off >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
 	rec->node = seg->node;
 	rec->head = rec;
-	__atomic_store_n(&rec->cache, &sa_huge_cache, __ATOMIC_RELEASE);
+	__atomic_store_n(&rec->cache, sa_huge_cache, __ATOMIC_RELEASE);
 	sa_topo_bind(a, len, seg->node);
 	sa_segmap_set(a, 1);
 	atomic_fetch_add(&huge_bytes, len);
@@ -168,11 +168,11 @@ static void huge_free(void *p)
 /* The slow half of every free: marker caches, and misses of the cache fast path. */
 SA_NOINLINE void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why)
 {
-	if (c == &sa_large_cache) {
+	if (c == sa_large_cache) {
 		sa_segment_free_units(s->head);
 		return;
 	}
-	if (c == &sa_huge_cache) {
+	if (c == sa_huge_cache) {
 		huge_free(p);
 		return;
 	}
@@ -196,7 +196,7 @@ static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags
 			return sa_cache_alloc(sa_class_cache[k], flags);
 	}
 	size_t slack = align > SA_UNIT_SIZE ? align - SA_UNIT_SIZE : 0;
-	if (size <= SA_LARGE_MAX && slack <= SA_LARGE_MAX - size && sa_class_cache[0]) {
+	if (size <= SA_LARGE_MAX && slack <= SA_LARGE_MAX - size && sa_large_cache) {
 		p = large_alloc(size, align, flags);
 		if (p && (flags & SA_ZERO))
 			memset(p, 0, size);
@@ -248,9 +248,9 @@ SA_API size_t sa_malloc_usable_size(void *p)
 	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
 	if (!c)
 		return 0;
-	if (c == &sa_large_cache)
+	if (c == sa_large_cache)
 		return large_usable(s, p);
-	if (c == &sa_huge_cache) {
+	if (c == sa_huge_cache) {
 		struct sa_segment *seg = seg_of(p);
 		return seg->huge_len - seg->huge_off;
 	}
@@ -317,7 +317,7 @@ SA_API void *sa_realloc(void *p, size_t size)
 		return NULL;
 	}
 	size_t old = sa_malloc_usable_size(p);
-	if (c == &sa_huge_cache && size > SA_LARGE_MAX) {
+	if (c == sa_huge_cache && size > SA_LARGE_MAX) {
 		void *r = huge_realloc(p, size);
 		if (!r)
 			errno = ENOMEM;

@@ -39,7 +39,7 @@ void __tsan_release(void *addr);
 
 static inline __attribute__((always_inline)) void *sa_pcs_pop_fast(struct sa_cache *c, int *why)
 {
-	void *obj = sa_rseq_pop(c->slots, sa_rseq_off, why);
+	void *obj = sa_rseq_pop(SA_CACHE_SLOTS(c), sa_rseq_off, why);
 	if (obj)
 		SA_TSAN_ACQUIRE(obj);
 	return obj;
@@ -49,7 +49,7 @@ static inline __attribute__((always_inline)) int sa_pcs_push_fast(struct sa_cach
 								  int node)
 {
 	SA_TSAN_RELEASE(obj);
-	return sa_rseq_push(c->slots, sa_rseq_off, obj, node);
+	return sa_rseq_push(SA_CACHE_SLOTS(c), sa_rseq_off, obj, node);
 }
 
 #endif
