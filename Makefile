@@ -29,6 +29,10 @@ HDRS     := $(wildcard include/*.h include/sheafalloc/*.h alloc/*.h barn/*.h she
 
 TEST_SRCS := $(wildcard tests/unit/*.c tests/integration/*.c tests/stress/*.c)
 TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
+# tests/preload: plain programs that use the standard malloc names; run.sh runs them with
+# LD_PRELOAD=$(B)/libsheafalloc_malloc.so (and without, where the test compares the two)
+PRELOAD_SRCS := $(wildcard tests/preload/*.c)
+PRELOAD_BINS := $(if $(SAN),,$(patsubst tests/%.c,$(B)/tests/%,$(PRELOAD_SRCS)))
 TEST_HDRS := $(wildcard tests/*.h)
 
 .PHONY: all lib deps test check-long bench format tidy clean install
@@ -65,6 +69,11 @@ $(B)/tests/%: tests/%.c $(B)/libsheafalloc.a $(TEST_HDRS) $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libsheafalloc.a $(LDFLAGS) -lcmocka $(LIBS) -lm
 
+$(B)/tests/preload/%: tests/preload/%.c $(TEST_HDRS)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(OPT) -g $(WARN) -std=gnu11 -pthread -Itests -o $@ $< -lcmocka -ldl -lm
+
 deps:
 	@scripts/deps.sh build
 
@@ -73,7 +82,7 @@ test:
 	@$(MAKE) --no-print-directory lib tests-build
 	@B=$(B) tests/run.sh quick
 
-tests-build: $(TEST_BINS)
+tests-build: $(TEST_BINS) $(PRELOAD_BINS)
 
 # Long stress, both per-CPU modes, sanitizers, valgrind. Run by CI.
 check-long:
