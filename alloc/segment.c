@@ -131,7 +131,12 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 		return NULL;
 	struct sa_pages *pg = &pages[node];
 	struct sa_slab *s = NULL;
-	pthread_mutex_lock(&pg->lock);
+	if (flags & SA_NOWAIT) {
+		if (pthread_mutex_trylock(&pg->lock) != 0)
+			return NULL;
+	} else {
+		pthread_mutex_lock(&pg->lock);
+	}
 	for (struct sa_segment *seg = pg->segs; seg && !s; seg = seg->next)
 		if (seg->nfree >= units)
 			s = take_locked(seg, units);

@@ -38,6 +38,8 @@ int main(int argc, char **argv)
 		});
 		if (b->max_threads > 0)
 			r->ThreadRange(1, b->max_threads)->UseRealTime();
+		else if (b->max_threads < 0)
+			r->Threads(-b->max_threads)->UseRealTime();
 	}
 	benchmark::Initialize(&argc, argv);
 	if (benchmark::ReportUnrecognizedArguments(argc, argv))

@@ -35,7 +35,9 @@ struct sab_bench {
 	const char *name;                           /* "<group>/<shape>": what --benchmark_filter sees */
 	void (*run)(sab_state *st, const void *arg); /* the body; arg is the row's arg */
 	const void *arg;
-	int max_threads; /* 0: one thread; N: ThreadRange(1, N) (1, 2, 4, ... N) with UseRealTime() */
+	/* 0: one thread; N > 0: ThreadRange(1, N) (1, 2, 4, ... N); N < 0: exactly -N threads
+	 * (Threads(-N)). Threaded rows use UseRealTime(). */
+	int max_threads;
 };
 
 /* Defined by the benchmark's C file; sab_nbenches = number of rows. */
