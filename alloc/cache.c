@@ -195,7 +195,8 @@ SA_API void sa_free(void *obj)
 	struct sa_slab *s = sa_slab_of(obj);
 	struct sa_cache *c = s ? s->cache : NULL;
 	if (SA_UNLIKELY(!c)) {
-		sa_cache_bad_free(NULL, obj, "not a sheafalloc object");
+		if (obj && !sa_free_unknown(obj))
+			sa_cache_bad_free(NULL, obj, "not a sheafalloc object");
 		return;
 	}
 	int why = sa_pcs_push_fast(c, obj, s->node);

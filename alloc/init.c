@@ -8,6 +8,7 @@
  * caller proceeds as on a one-node machine.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,8 @@ static int possible_cpus(void)
 static void atfork_prepare(void)
 {
 	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache *c = sa_caches; c; c = c->next)
+		sa_pcs_atfork(c, 0); /* rank 2 before every barn and node lock */
 	for (struct sa_cache *c = sa_caches; c; c = c->next) {
 		pthread_mutex_lock(&c->drain_lock);
 		for (int i = 0; i < sa_nr_nodes; i++) {
@@ -85,6 +88,8 @@ static void atfork_release(void)
 		}
 		pthread_mutex_unlock(&c->drain_lock);
 	}
+	for (struct sa_cache *c = sa_caches; c; c = c->next)
+		sa_pcs_atfork(c, 1);
 	pthread_mutex_unlock(&sa_caches_lock);
 }
 
@@ -92,6 +97,7 @@ void sa_init_slow(void)
 {
 	if (initializing)
 		return;
+	int saved_errno = errno; /* a successful first malloc leaves errno alone */
 	pthread_mutex_lock(&init_lock);
 	if (!sa_ready) {
 		initializing = 1;
@@ -120,6 +126,7 @@ void sa_init_slow(void)
 		__atomic_store_n(&sa_ready, true, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&init_lock);
+	errno = saved_errno;
 }
 
 void sa_init(void)

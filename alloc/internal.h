@@ -305,6 +305,7 @@ size_t sa_segment_dirty_bytes(void);
 void sa_segmap_set(const void *seg, int on);
 uint64_t sa_segment_bind_failures(void);
 size_t sa_segment_mapped_bytes(void);
+size_t sa_segment_resident_bytes(void);
 void sa_segment_atfork(int phase);
 
 /* slabs (alloc/slab.c); every function takes and drops cnode->lock itself */
@@ -350,6 +351,7 @@ int sa_pcs_current_cpu(void);
 void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why);
 void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int why);
 void sa_pcs_drain(struct sa_cache *c);
+void sa_pcs_atfork(struct sa_cache *c, int phase); /* fallback mode: every slot lock */
 int sa_pcs_current_node(struct sa_cache *c);
 int sa_rseq_thread_ready(void);
 void sa_rseq_fence_all(void);
@@ -365,6 +367,7 @@ void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why);
 
 /* malloc front end (alloc/malloc.c) */
 void sa_malloc_init(void);
+int sa_free_unknown(void *p);
 void *sa_valloc(size_t size);
 void *sa_pvalloc(size_t size);
 void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node);

@@ -117,10 +117,95 @@ static size_t large_usable(struct sa_slab *s, const void *p)
 	return (size_t)h->nunits * SA_UNIT_SIZE - (size_t)((const char *)p - sa_slab_base(h));
 }
 
+/*
+ * Blocks aligned to 4 MiB or more cannot carry their header in their own segment (the block
+ * starts where the header would be): they are kept in a short list instead, searched only for
+ * pointers the segment map does not know. aligned_lock protects the list.
+ */
+struct aligned_huge {
+	struct aligned_huge *next;
+	char *p;
+	char *base;
+	size_t len;
+};
+static pthread_mutex_t aligned_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct aligned_huge *aligned_list; /* aligned_lock */
+static _Atomic unsigned aligned_count;
+
+static void *aligned_huge_alloc(size_t size, size_t align)
+{
+	if (size > (size_t)PTRDIFF_MAX - align) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	size_t len = (size + SA_PAGE - 1) & ~(SA_PAGE - 1);
+	size_t span = len + align;
+	struct aligned_huge *h = sa_meta_alloc(sizeof(*h));
+	if (!h)
+		return NULL;
+	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+	if (m == MAP_FAILED) {
+		sa_meta_free(h, sizeof(*h));
+		errno = ENOMEM;
+		return NULL;
+	}
+	char *a = (char *)(((uintptr_t)m + align - 1) & ~(uintptr_t)(align - 1));
+	if (a > m)
+		munmap(m, (size_t)(a - m));
+	if (a + len < m + span)
+		munmap(a + len, (size_t)(m + span - (a + len)));
+	h->p = h->base = a;
+	h->len = len;
+	pthread_mutex_lock(&aligned_lock);
+	h->next = aligned_list;
+	aligned_list = h;
+	atomic_fetch_add(&aligned_count, 1);
+	pthread_mutex_unlock(&aligned_lock);
+	atomic_fetch_add(&huge_bytes, len);
+	return a;
+}
+
+/* Usable size of p if it is a 4 MiB-aligned huge block, else 0; with unlink, also forget it. */
+static size_t aligned_huge_find(const void *p, int unlink)
+{
+	if (!atomic_load_explicit(&aligned_count, memory_order_relaxed))
+		return 0;
+	size_t len = 0;
+	struct aligned_huge *found = NULL;
+	pthread_mutex_lock(&aligned_lock);
+	for (struct aligned_huge **h = &aligned_list; *h; h = &(*h)->next) {
+		if ((*h)->p == p) {
+			found = *h;
+			len = found->len;
+			if (unlink) {
+				*h = found->next;
+				atomic_fetch_sub(&aligned_count, 1);
+			}
+			break;
+		}
+	}
+	pthread_mutex_unlock(&aligned_lock);
+	if (found && unlink) {
+		atomic_fetch_sub(&huge_bytes, found->len);
+		munmap(found->base, found->len);
+		sa_meta_free(found, sizeof(*found));
+	}
+	return len;
+}
+
+/* sa_free of a pointer the segment map does not know: 1 if it was a block of ours. */
+int sa_free_unknown(void *p)
+{
+	return aligned_huge_find(p, 1) != 0;
+}
+
 static void *huge_alloc(size_t size, size_t align)
 {
 	size_t off = align > SA_PAGE ? align : SA_PAGE;
-	if (off >= SA_SEG_SIZE || size > (size_t)PTRDIFF_MAX - off - 2 * SA_SEG_SIZE) {
+	if (off >= SA_SEG_SIZE)
+		return aligned_huge_alloc(size, align);
+	if (size > (size_t)PTRDIFF_MAX - off - 2 * SA_SEG_SIZE) {
 		errno = ENOMEM;
 		return NULL;
 	}
@@ -247,7 +332,7 @@ SA_API size_t sa_malloc_usable_size(void *p)
 	struct sa_slab *s = sa_slab_of(p);
 	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
 	if (!c)
-		return 0;
+		return aligned_huge_find(p, 0);
 	if (c == sa_large_cache)
 		return large_usable(s, p);
 	if (c == sa_huge_cache) {
@@ -311,12 +396,12 @@ SA_API void *sa_realloc(void *p, size_t size)
 	}
 	struct sa_slab *s = sa_slab_of(p);
 	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
-	if (!c) {
+	size_t old = sa_malloc_usable_size(p);
+	if (!c && !old) {
 		sa_cache_bad_free(NULL, p, "realloc of a pointer that is not a sheafalloc block");
 		errno = EINVAL;
 		return NULL;
 	}
-	size_t old = sa_malloc_usable_size(p);
 	if (c == sa_huge_cache && size > SA_LARGE_MAX) {
 		void *r = huge_realloc(p, size);
 		if (!r)
@@ -428,5 +513,5 @@ SA_API void sa_trim(void)
 
 SA_API size_t sa_memory_held(void)
 {
-	return sa_segment_mapped_bytes() - sa_segment_dirty_bytes() + atomic_load(&huge_bytes);
+	return sa_segment_resident_bytes() + atomic_load(&huge_bytes);
 }

@@ -30,6 +30,7 @@ struct sa_pages {
 static struct sa_pages pages[SA_MAX_NODES];
 static _Atomic uint64_t bind_failures_total;
 static _Atomic uint64_t mapped_bytes;
+static _Atomic uint64_t units_used; /* units handed out (slabs, large blocks) */
 static pthread_once_t pages_once = PTHREAD_ONCE_INIT;
 static _Atomic uint64_t dirty_bytes;
 static _Atomic uint64_t last_purge_ns;
@@ -63,6 +64,13 @@ uint64_t sa_segment_bind_failures(void)
 size_t sa_segment_mapped_bytes(void)
 {
 	return atomic_load(&mapped_bytes);
+}
+
+/* Bytes of segment memory that may be resident: headers, units in use, dirty free units. */
+size_t sa_segment_resident_bytes(void)
+{
+	return atomic_load(&mapped_bytes) / SA_UNITS_PER_SEG +
+	       atomic_load(&units_used) * SA_UNIT_SIZE + atomic_load(&dirty_bytes);
 }
 
 static struct sa_segment *segment_map(int node, _Atomic uint64_t *bind_failures)
@@ -115,6 +123,7 @@ static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units)
 	uint64_t mask = (units == 64 ? ~0ull : ((1ull << units) - 1)) << at;
 	seg->free_units &= ~mask;
 	seg->nfree -= units;
+	atomic_fetch_add(&units_used, units);
 	uint64_t was_dirty = seg->dirty_units & mask;
 	if (was_dirty) {
 		seg->dirty_units &= ~mask;
@@ -189,6 +198,7 @@ void sa_segment_free_units(struct sa_slab *head)
 	seg->dirty_units |= mask;
 	seg->nfree += units;
 	pthread_mutex_unlock(&pg->lock);
+	atomic_fetch_sub(&units_used, units);
 	uint64_t d = atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE) +
 		     (uint64_t)units * SA_UNIT_SIZE;
 	if (d > SA_DIRTY_MAX ||

@@ -478,3 +478,16 @@ void sa_pcs_drain(struct sa_cache *c)
 	}
 	pthread_mutex_unlock(&c->drain_lock);
 }
+
+/* fork: in fallback mode a slot lock held by another thread would stay held in the child. */
+void sa_pcs_atfork(struct sa_cache *c, int phase)
+{
+	if (sa_pcs_mode != SA_PCS_FALLBACK)
+		return;
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		if (phase == 0)
+			spin_lock(&c->slots[cpu].lock);
+		else
+			spin_unlock(&c->slots[cpu].lock);
+	}
+}
