@@ -276,7 +276,7 @@ static inline struct sa_segment *sa_segment_of(const void *p)
 	uintptr_t i = a >> SA_SEG_SHIFT;
 	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
 		return NULL;
-	if (SA_UNLIKELY(!(sa_segmap[i >> 6] & (1ull << (i & 63)))))
+	if (SA_UNLIKELY(!(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
 		return NULL;
 	return (struct sa_segment *)(a & ~(SA_SEG_SIZE - 1));
 }
@@ -286,7 +286,7 @@ static inline struct sa_slab *sa_slab_of(const void *p)
 	uintptr_t i = a >> SA_SEG_SHIFT;
 	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
 		return NULL;
-	if (SA_UNLIKELY(!(sa_segmap[i >> 6] & (1ull << (i & 63)))))
+	if (SA_UNLIKELY(!(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
 		return NULL;
 	/* &segment->slabs[unit]: the header is 64 bytes, each slab record 64 bytes */
 	return (struct sa_slab *)((a & ~(SA_SEG_SIZE - 1)) + 64 +

@@ -4,7 +4,7 @@
 set -u
 build="gcc make pkg-config libhwloc-dev liburcu-dev"
 test="$build libcmocka-dev valgrind time"
-bench="$build g++ libbenchmark-dev libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev time"
+bench="$build g++ python3 libbenchmark-dev libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev time sqlite3 git redis-server redis-tools"
 case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;

@@ -1,0 +1,703 @@
+/*
+ * bench/malloc_bench.c — the malloc benchmark: sheafalloc's malloc family (sa_malloc, sa_free,
+ * sa_realloc) against the malloc of jemalloc, mimalloc, tcmalloc and glibc, side by side in one
+ * binary. Bodies only: google-benchmark, through bench/shim.cc, owns timing, repetitions and
+ * output. `make -C bench run` runs it three times per allocator (below) and
+ * bench/malloc_report.py turns the JSON into bench/results/malloc.md.
+ *
+ * Shapes (the same for every allocator; nothing but the allocator changes between rows):
+ *   pair/<n>      one malloc(n), its pointer escapes, one free; n = 16, 64, 256, 1024, 4096,
+ *                 16384, 32768. Time per iteration = one pair.
+ *   batch/<n>     1000 mallocs of n bytes into an array, then 1000 frees in the same order.
+ *                 Items are allocations; the report gives ns per object (malloc + free).
+ *   mixed         a ring of 10,000 live blocks, filled before timing; each iteration frees a
+ *                 random one and puts a malloc of a random size in 16..4096 (uniform) in its
+ *                 place. Slots and sizes come from a table made once with a fixed seed, the
+ *                 same for every allocator. Counters: live_MiB (bytes asked for by the live
+ *                 blocks) and rss_MiB (the process's RSS at the end of the timed loop).
+ *   realloc/small one chain: malloc(16), then realloc in +16 B steps up to 4096 (255 reallocs),
+ *                 then free. Items are reallocs.
+ *   realloc/grow  one chain: malloc(16), realloc +16 B up to 256, then x1.5 (rounded up to 16)
+ *                 up to 1 MiB (36 reallocs), then free. Items are reallocs; the report gives ns
+ *                 per realloc and the whole chain.
+ *   prodcons      producer/consumer on 2 threads (1 producer + 1 consumer) and 4 threads (2 + 2,
+ *                 two independent pairs): a producer mallocs a block of a random size in 16..1024
+ *                 (a fixed-seed table), writes its byte, and pushes it into a bounded lock-free
+ *                 single-producer single-consumer ring (1024 slots) of its pair; the consumer pops
+ *                 it and frees it: every block is freed by a thread that did not allocate it.
+ *                 Both ends spin (pause) on a full/empty ring and sched_yield() after 64 spins, so
+ *                 an oversubscribed machine does not serialize on a spinning thread. Items are
+ *                 blocks (one malloc + one remote free); items_per_second is blocks per second of
+ *                 wall time, all pairs together.
+ *   harness       pair (64 B) and mixed with no allocator in it (a static buffer instead): what the
+ *                 loop, the byte store and the table lookups cost, included in those rows.
+ * On a 2-CPU machine the 2P+2C row runs 4 spinning threads on 2 CPUs: the handover then also
+ * measures the scheduler (sched_yield); pinned to one CPU (BENCH_PIN), both rows time-slice.
+ * Memory touched, the same for every allocator: every block gets exactly one byte written right
+ * after its malloc (offset 0), and nothing else is read or written; in the realloc chains the one
+ * byte written after every (re)alloc is the last byte of the new size, the part a growing buffer
+ * is for (the copy is realloc's own). Every pointer escapes (sab_escape) so no malloc is folded
+ * away or merged with its free.
+ *
+ * How each allocator is reached (as in core_bench.c, whose opening comment says why dlopen with
+ * RTLD_LOCAL and not linking; nothing here differs):
+ *   sheafalloc       linked: $(B)/libsheafalloc.so, sa_malloc / sa_free / sa_realloc. The process
+ *                    keeps glibc's malloc (this is not the LD_PRELOAD build).
+ *   jemalloc         dlopen("libjemalloc.so.2", RTLD_LOCAL), its own malloc / free / realloc from
+ *                    the handle: jemalloc's fast path and the baseline of the ratios.
+ *   jemalloc-mallocx the same library's mallocx(n, 0) / dallocx(p, 0) / rallocx(p, n, 0): its
+ *                    general path (imalloc), shown because it is what core_bench's "jemalloc" is.
+ *   mimalloc         dlopen("libmimalloc.so.2"), mi_malloc / mi_free / mi_realloc.
+ *   tcmalloc         dlopen("libtcmalloc_minimal.so.4"), tc_malloc / tc_free / tc_realloc.
+ *   glibc            __libc_malloc / __libc_free / __libc_realloc (ptmalloc with tcache).
+ * Peers are called through function pointers copied to locals (a register); sheafalloc and glibc
+ * through the GOT (-fno-plt): one indirect call per entry point for everyone.
+ *
+ * Processes: bench/Makefile runs three per allocator, each under /usr/bin/time for its peak RSS:
+ * '^<a>/(pair|batch|realloc)/' (single-thread shapes), '^<a>/mixed$' (whose peak RSS is the
+ * ring of 10,000 live blocks plus the framework: a fragmentation figure) and '^<a>/prodcons/'
+ * (remote frees). A process only ever loads the allocator its filter names.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <gnu/libc-version.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <gperftools/tcmalloc.h>
+#include <jemalloc/jemalloc.h>
+#include <mimalloc.h>
+
+#include "sheafalloc.h"
+#include "shim.h"
+
+#define BATCH_OBJS 1000     /* objects per iteration of the batch shape */
+#define PAIR_UNROLL 64      /* iterations per sab_keep_running_batch call */
+#define MIX_LIVE 10000      /* live blocks of the mixed ring */
+#define MIX_TAB (1u << 16)  /* (slot, size) pairs of the mixed shape, cycled */
+#define MIX_MIN 16
+#define MIX_MAX 4096
+#define PC_TAB 4096          /* sizes of the producers, cycled */
+#define PC_MIN 16
+#define PC_MAX 1024
+#define PC_RING 1024         /* slots of one producer/consumer ring (a power of two) */
+#define PC_MAX_PAIRS 2
+#define GROW_MAX (1u << 20)  /* realloc/grow ends at 1 MiB */
+#define SMALL_MAX 4096       /* realloc/small ends at 4 KiB */
+
+/* glibc's own entry points: malloc and free are aliases of these unless something interposes. */
+extern void *__libc_malloc(size_t size);
+extern void __libc_free(void *p);
+extern void *__libc_realloc(void *p, size_t size);
+
+/* ---- fixed-seed tables, built once before any row runs ------------------------------------- */
+
+static uint64_t rng_state = 0x5eedf00d12345678ull;
+
+static uint64_t rng_next(void) /* splitmix64 */
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static struct mix_op {
+	uint16_t slot;
+	uint16_t size;
+} mix_tab[MIX_TAB];
+static uint16_t pc_sizes[PC_TAB];
+static size_t grow_steps[64], small_steps[SMALL_MAX / 16 + 1];
+static int n_grow, n_small;
+
+static void make_tables(void)
+{
+	rng_state = 0x5eedf00d12345678ull;
+	for (unsigned i = 0; i < MIX_TAB; i++) {
+		mix_tab[i].slot = (uint16_t)(rng_next() % MIX_LIVE);
+		mix_tab[i].size = (uint16_t)(MIX_MIN + rng_next() % (MIX_MAX - MIX_MIN + 1));
+	}
+	for (unsigned i = 0; i < PC_TAB; i++)
+		pc_sizes[i] = (uint16_t)(PC_MIN + rng_next() % (PC_MAX - PC_MIN + 1));
+	n_grow = 0;
+	for (size_t n = 16;; n = n < 256 ? n + 16 : ((n + n / 2 + 15) & ~(size_t)15)) {
+		if (n >= GROW_MAX) {
+			grow_steps[n_grow++] = GROW_MAX;
+			break;
+		}
+		grow_steps[n_grow++] = n;
+	}
+	n_small = 0;
+	for (size_t n = 16; n <= SMALL_MAX; n += 16)
+		small_steps[n_small++] = n;
+}
+
+/* ---- allocators: set up once, on first use ------------------------------------------------- */
+
+enum alloc_id { A_SHEAF, A_JE, A_JEX, A_MI, A_TC, A_GLIBC, A_HARNESS, A_NR };
+
+struct allocator {
+	const char *soname; /* for dlopen; NULL: linked */
+	pthread_once_t once;
+	const char *error; /* set up failed: why (every row of it is skipped with this) */
+	char label[256];
+	char errbuf[512];
+};
+
+static struct allocator allocators[A_NR] = {
+	[A_SHEAF] = {.once = PTHREAD_ONCE_INIT},
+	[A_JE] = {.soname = "libjemalloc.so.2", .once = PTHREAD_ONCE_INIT},
+	[A_JEX] = {.soname = "libjemalloc.so.2", .once = PTHREAD_ONCE_INIT},
+	[A_MI] = {.soname = "libmimalloc.so.2", .once = PTHREAD_ONCE_INIT},
+	[A_TC] = {.soname = "libtcmalloc_minimal.so.4", .once = PTHREAD_ONCE_INIT},
+	[A_GLIBC] = {.once = PTHREAD_ONCE_INIT},
+	[A_HARNESS] = {.once = PTHREAD_ONCE_INIT},
+};
+
+/* Entry points, written once under the allocator's pthread_once, read-only afterwards. */
+static void *(*je_malloc)(size_t);
+static void (*je_free)(void *);
+static void *(*je_realloc)(void *, size_t);
+static __typeof__(mallocx) *je_mallocx;
+static __typeof__(dallocx) *je_dallocx;
+static __typeof__(rallocx) *je_rallocx;
+static __typeof__(mi_malloc) *mi_malloc_p;
+static __typeof__(mi_free) *mi_free_p;
+static __typeof__(mi_realloc) *mi_realloc_p;
+static __typeof__(tc_malloc) *tc_malloc_p;
+static __typeof__(tc_free) *tc_free_p;
+static __typeof__(tc_realloc) *tc_realloc_p;
+static char harness_buf[MIX_MAX] __attribute__((aligned(64)));
+
+static const char *lib_of(const void *fn)
+{
+	Dl_info info;
+	if (!fn || !dladdr(fn, &info) || !info.dli_fname)
+		return "?";
+	const char *slash = strrchr(info.dli_fname, '/');
+	return slash ? slash + 1 : info.dli_fname;
+}
+
+static void set_label(struct allocator *a, const void *entry, const char *version)
+{
+	snprintf(a->label, sizeof(a->label), "%s %s; malloc: %s", lib_of(entry), version,
+		 lib_of(dlsym(RTLD_DEFAULT, "malloc")));
+}
+
+static void *peer_open(struct allocator *a)
+{
+	void *h = dlopen(a->soname, RTLD_NOW | RTLD_LOCAL);
+	if (!h) {
+		const char *e = dlerror();
+		snprintf(a->errbuf, sizeof(a->errbuf), "dlopen: %s%s", e ? e : a->soname,
+			 e && strstr(e, "static TLS") ?
+				 " (run with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096, as "
+				 "bench/Makefile does)" :
+				 "");
+		a->error = a->errbuf;
+	}
+	return h;
+}
+
+static void *peer_sym(struct allocator *a, void *h, const char *name)
+{
+	void *fn = h ? dlsym(h, name) : NULL;
+	if (h && !fn && !a->error) {
+		snprintf(a->errbuf, sizeof(a->errbuf), "dlsym(%s, %s) failed", a->soname, name);
+		a->error = a->errbuf;
+	}
+	return fn;
+}
+
+/* malloc, realloc to 4 KiB and to 64 KiB, free, through the new entry points, before any timing:
+ * a NULL or a crash shows here, not as a suspiciously fast row. */
+#define CHECK(a, MALLOC, REALLOC, FREE)                                                            \
+	do {                                                                                       \
+		if ((a)->error)                                                                    \
+			break;                                                                     \
+		void *p = MALLOC(16);                                                              \
+		void *q = p ? REALLOC(p, 4096) : NULL;                                             \
+		void *r = q ? REALLOC(q, 65536) : NULL;                                            \
+		if (!r) {                                                                          \
+			(a)->error = "the first malloc or realloc returned NULL";                  \
+			break;                                                                     \
+		}                                                                                  \
+		FREE(r);                                                                           \
+	} while (0)
+
+/* The entry points of every allocator as expressions over locals declared by <X>_DECLS (not
+ * every body uses realloc). */
+#define MAYBE_UNUSED __attribute__((unused))
+#define SHEAF_DECLS (void)0
+#define SHEAF_MALLOC(n) sa_malloc(n)
+#define SHEAF_FREE(p) sa_free(p)
+#define SHEAF_REALLOC(p, n) sa_realloc(p, n)
+
+#define JE_DECLS                                                                                   \
+	MAYBE_UNUSED void *(*const je_m)(size_t) = je_malloc;                                                   \
+	MAYBE_UNUSED void (*const je_f)(void *) = je_free;                                                      \
+	MAYBE_UNUSED void *(*const je_r)(void *, size_t) = je_realloc
+#define JE_MALLOC(n) je_m(n)
+#define JE_FREE(p) je_f(p)
+#define JE_REALLOC(p, n) je_r(p, n)
+
+#define JEX_DECLS                                                                                  \
+	MAYBE_UNUSED __typeof__(mallocx) *const jex_m = je_mallocx;                                             \
+	MAYBE_UNUSED __typeof__(dallocx) *const jex_f = je_dallocx;                                             \
+	MAYBE_UNUSED __typeof__(rallocx) *const jex_r = je_rallocx
+#define JEX_MALLOC(n) jex_m(n, 0)
+#define JEX_FREE(p) jex_f(p, 0)
+#define JEX_REALLOC(p, n) jex_r(p, n, 0)
+
+#define MI_DECLS                                                                                   \
+	MAYBE_UNUSED __typeof__(mi_malloc) *const mi_m = mi_malloc_p;                                           \
+	MAYBE_UNUSED __typeof__(mi_free) *const mi_f = mi_free_p;                                               \
+	MAYBE_UNUSED __typeof__(mi_realloc) *const mi_r = mi_realloc_p
+#define MI_MALLOC(n) mi_m(n)
+#define MI_FREE(p) mi_f(p)
+#define MI_REALLOC(p, n) mi_r(p, n)
+
+#define TC_DECLS                                                                                   \
+	MAYBE_UNUSED __typeof__(tc_malloc) *const tc_m = tc_malloc_p;                                           \
+	MAYBE_UNUSED __typeof__(tc_free) *const tc_f = tc_free_p;                                               \
+	MAYBE_UNUSED __typeof__(tc_realloc) *const tc_r = tc_realloc_p
+#define TC_MALLOC(n) tc_m(n)
+#define TC_FREE(p) tc_f(p)
+#define TC_REALLOC(p, n) tc_r(p, n)
+
+#define GLIBC_DECLS (void)0
+#define GLIBC_MALLOC(n) __libc_malloc(n)
+#define GLIBC_FREE(p) __libc_free(p)
+#define GLIBC_REALLOC(p, n) __libc_realloc(p, n)
+
+/* No allocator: a static buffer big enough for every size the harness rows ask for. */
+#define HARNESS_DECLS char *const hb = harness_buf
+#define HARNESS_MALLOC(n) ((void)(n), (void *)hb)
+#define HARNESS_FREE(p) ((void)(p))
+
+static void setup_sheaf(void)
+{
+	struct allocator *a = &allocators[A_SHEAF];
+	CHECK(a, SHEAF_MALLOC, SHEAF_REALLOC, SHEAF_FREE);
+	char v[96];
+	snprintf(v, sizeof(v), "%d.%d per-CPU %s", SHEAFALLOC_VERSION_MAJOR,
+		 SHEAFALLOC_VERSION_MINOR, sa_percpu_mode());
+	set_label(a, (const void *)sa_malloc, v);
+}
+
+static void setup_je_any(enum alloc_id id)
+{
+	struct allocator *a = &allocators[id];
+	void *h = peer_open(a);
+	__typeof__(mallctl) *ctl = (__typeof__(mallctl) *)peer_sym(a, h, "mallctl");
+	const char *jever = "?";
+	size_t len = sizeof(jever);
+	if (!ctl || ctl("version", (void *)&jever, &len, NULL, 0) != 0)
+		jever = "?";
+	char ver[160];
+	const void *entry;
+	if (id == A_JE) {
+		je_malloc = (void *(*)(size_t))peer_sym(a, h, "malloc");
+		je_free = (void (*)(void *))peer_sym(a, h, "free");
+		je_realloc = (void *(*)(void *, size_t))peer_sym(a, h, "realloc");
+		JE_DECLS;
+		CHECK(a, JE_MALLOC, JE_REALLOC, JE_FREE);
+		snprintf(ver, sizeof(ver), "%s malloc/free/realloc", jever);
+		entry = (const void *)je_malloc;
+	} else {
+		je_mallocx = (__typeof__(mallocx) *)peer_sym(a, h, "mallocx");
+		je_dallocx = (__typeof__(dallocx) *)peer_sym(a, h, "dallocx");
+		je_rallocx = (__typeof__(rallocx) *)peer_sym(a, h, "rallocx");
+		JEX_DECLS;
+		CHECK(a, JEX_MALLOC, JEX_REALLOC, JEX_FREE);
+		snprintf(ver, sizeof(ver), "%s mallocx/dallocx/rallocx", jever);
+		entry = (const void *)je_mallocx;
+	}
+	if (!a->error)
+		set_label(a, entry, ver);
+}
+
+static void setup_je(void)
+{
+	setup_je_any(A_JE);
+}
+
+static void setup_jex(void)
+{
+	setup_je_any(A_JEX);
+}
+
+static void setup_mi(void)
+{
+	struct allocator *a = &allocators[A_MI];
+	void *h = peer_open(a);
+	mi_malloc_p = (__typeof__(mi_malloc) *)peer_sym(a, h, "mi_malloc");
+	mi_free_p = (__typeof__(mi_free) *)peer_sym(a, h, "mi_free");
+	mi_realloc_p = (__typeof__(mi_realloc) *)peer_sym(a, h, "mi_realloc");
+	__typeof__(mi_version) *ver = (__typeof__(mi_version) *)peer_sym(a, h, "mi_version");
+	MI_DECLS;
+	CHECK(a, MI_MALLOC, MI_REALLOC, MI_FREE);
+	if (!a->error) {
+		char v[32];
+		snprintf(v, sizeof(v), "%d", ver());
+		set_label(a, (const void *)mi_malloc_p, v);
+	}
+}
+
+static void setup_tc(void)
+{
+	struct allocator *a = &allocators[A_TC];
+	void *h = peer_open(a);
+	tc_malloc_p = (__typeof__(tc_malloc) *)peer_sym(a, h, "tc_malloc");
+	tc_free_p = (__typeof__(tc_free) *)peer_sym(a, h, "tc_free");
+	tc_realloc_p = (__typeof__(tc_realloc) *)peer_sym(a, h, "tc_realloc");
+	__typeof__(tc_version) *ver = (__typeof__(tc_version) *)peer_sym(a, h, "tc_version");
+	TC_DECLS;
+	CHECK(a, TC_MALLOC, TC_REALLOC, TC_FREE);
+	if (!a->error) {
+		int major, minor;
+		const char *patch;
+		set_label(a, (const void *)tc_malloc_p, ver(&major, &minor, &patch));
+	}
+}
+
+static void setup_glibc(void)
+{
+	struct allocator *a = &allocators[A_GLIBC];
+	CHECK(a, GLIBC_MALLOC, GLIBC_REALLOC, GLIBC_FREE);
+	set_label(a, (const void *)__libc_malloc, gnu_get_libc_version());
+}
+
+static void setup_harness(void)
+{
+	set_label(&allocators[A_HARNESS], (const void *)sab_keep_running_batch, "loop only");
+}
+
+static void (*const setups[A_NR])(void) = {
+	[A_SHEAF] = setup_sheaf, [A_JE] = setup_je,       [A_JEX] = setup_jex,
+	[A_MI] = setup_mi,       [A_TC] = setup_tc,       [A_GLIBC] = setup_glibc,
+	[A_HARNESS] = setup_harness,
+};
+
+static void *noop_thread(void *arg)
+{
+	return arg;
+}
+
+/* As in core_bench.c: glibc's malloc skips its locks while the process has never had a second
+ * thread, and never goes back once one existed; every row runs in a process that has started
+ * (and joined) one thread, the state of any multi-threaded program. Also builds the tables. */
+static void process_setup(void)
+{
+	make_tables();
+	pthread_t t;
+	if (pthread_create(&t, NULL, noop_thread, NULL) == 0)
+		pthread_join(t, NULL);
+}
+
+/* Sets up allocator id once (any thread, any row); on failure skips this run and returns 0. */
+static int ready(sab_state *st, enum alloc_id id)
+{
+	static pthread_once_t process_once = PTHREAD_ONCE_INIT;
+	pthread_once(&process_once, process_setup);
+	struct allocator *a = &allocators[id];
+	pthread_once(&a->once, setups[id]);
+	if (a->error) {
+		sab_skip(st, a->error);
+		return 0;
+	}
+	if (sab_thread_index(st) == 0)
+		sab_label(st, a->label);
+	return 1;
+}
+
+static double rss_mib(void)
+{
+	long pages = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (f) {
+		if (fscanf(f, "%*s %ld", &pages) != 1)
+			pages = 0;
+		fclose(f);
+	}
+	return (double)pages * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
+}
+
+/* ---- the producer/consumer rings ----------------------------------------------------------- */
+
+struct pc_ring {
+	_Alignas(64) _Atomic uint64_t head; /* written by the producer only */
+	_Alignas(64) _Atomic uint64_t tail; /* written by the consumer only */
+	_Alignas(64) void *slot[PC_RING];
+};
+/* One ring per pair. Both ends move by the same count in every run (google-benchmark gives all
+ * threads of a run the same iteration count), so a ring is empty between runs. */
+static struct pc_ring pc_rings[PC_MAX_PAIRS];
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield");
+#endif
+}
+
+static inline void backoff(unsigned *spins)
+{
+	if (++*spins < 64) {
+		cpu_relax();
+	} else {
+		*spins = 0;
+		sched_yield();
+	}
+}
+
+/* ---- shapes: ALLOC(n), FREE(p), REALLOC(p, n) name the allocator's entry points --------------- */
+
+#define TOUCH(p) (*(char *)(p) = 1)
+
+#define SHAPE_PAIR(st, arg, MALLOC, FREE)                                                          \
+	do {                                                                                       \
+		const size_t n = *(const size_t *)(arg);                                           \
+		while (sab_keep_running_batch((st), PAIR_UNROLL))                                  \
+			for (int i = 0; i < PAIR_UNROLL; i++) {                                    \
+				void *p = MALLOC(n);                                               \
+				TOUCH(p);                                                          \
+				sab_escape(p);                                                     \
+				FREE(p);                                                           \
+			}                                                                          \
+		sab_set_items((st), sab_iterations(st));                                           \
+	} while (0)
+
+#define SHAPE_BATCH(st, arg, MALLOC, FREE)                                                         \
+	do {                                                                                       \
+		const size_t n = *(const size_t *)(arg);                                           \
+		void *objs[BATCH_OBJS];                                                            \
+		while (sab_keep_running(st)) {                                                     \
+			for (int i = 0; i < BATCH_OBJS; i++) {                                     \
+				void *p = MALLOC(n);                                               \
+				TOUCH(p);                                                          \
+				sab_escape(p);                                                     \
+				objs[i] = p;                                                       \
+			}                                                                          \
+			for (int i = 0; i < BATCH_OBJS; i++) {                                     \
+				void *p = objs[i];                                                 \
+				FREE(p);                                                           \
+			}                                                                          \
+		}                                                                                  \
+		sab_set_items((st), sab_iterations(st) * BATCH_OBJS);                              \
+		sab_counter((st), "objs_per_iter", BATCH_OBJS);                                    \
+	} while (0)
+
+/* The ring is filled (untimed, before the first sab_keep_running_batch) with the sizes of the
+ * first MIX_LIVE table entries, and freed after the loop (untimed). */
+#define SHAPE_MIXED(st, MALLOC, FREE)                                                              \
+	do {                                                                                       \
+		static void *ring[MIX_LIVE];                                                       \
+		static uint16_t ring_size[MIX_LIVE];                                               \
+		for (unsigned k = 0; k < MIX_LIVE; k++) {                                          \
+			void *p = MALLOC(mix_tab[k].size);                                         \
+			TOUCH(p);                                                                  \
+			sab_escape(p);                                                             \
+			ring[k] = p;                                                               \
+			ring_size[k] = mix_tab[k].size;                                            \
+		}                                                                                  \
+		unsigned j = 0;                                                                    \
+		while (sab_keep_running_batch((st), PAIR_UNROLL))                                  \
+			for (int i = 0; i < PAIR_UNROLL; i++, j = (j + 1) & (MIX_TAB - 1)) {       \
+				const struct mix_op op = mix_tab[j];                               \
+				FREE(ring[op.slot]);                                               \
+				void *p = MALLOC(op.size);                                         \
+				TOUCH(p);                                                          \
+				sab_escape(p);                                                     \
+				ring[op.slot] = p;                                                 \
+				ring_size[op.slot] = op.size;                                      \
+			}                                                                          \
+		double live = 0;                                                                   \
+		for (unsigned k = 0; k < MIX_LIVE; k++)                                            \
+			live += ring_size[k];                                                      \
+		sab_counter((st), "live_MiB", live / (1024.0 * 1024.0));                           \
+		sab_counter((st), "rss_MiB", rss_mib());                                           \
+		for (unsigned k = 0; k < MIX_LIVE; k++)                                            \
+			FREE(ring[k]);                                                             \
+		sab_set_items((st), sab_iterations(st));                                           \
+	} while (0)
+
+#define SHAPE_REALLOC(st, steps, nsteps, MALLOC, REALLOC, FREE)                                    \
+	do {                                                                                       \
+		const size_t *const s = (steps);                                                   \
+		const int ns = (nsteps);                                                           \
+		while (sab_keep_running(st)) {                                                     \
+			char *p = MALLOC(s[0]);                                                    \
+			p[s[0] - 1] = 1;                                                           \
+			sab_escape(p);                                                             \
+			for (int k = 1; k < ns; k++) {                                             \
+				p = REALLOC(p, s[k]);                                              \
+				p[s[k] - 1] = 1;                                                   \
+				sab_escape(p);                                                     \
+			}                                                                          \
+			FREE(p);                                                                   \
+		}                                                                                  \
+		sab_set_items((st), sab_iterations(st) * (ns - 1));                                \
+		sab_counter((st), "reallocs_per_chain", ns - 1);                                   \
+	} while (0)
+
+/* Even thread index: producer of pair index / 2; odd: its consumer. */
+#define SHAPE_PRODCONS(st, MALLOC, FREE)                                                           \
+	do {                                                                                       \
+		const int t = sab_thread_index(st);                                                \
+		if (sab_threads(st) % 2 || sab_threads(st) > 2 * PC_MAX_PAIRS) {                   \
+			sab_skip((st), "prodcons needs 2 or 4 threads");                           \
+			return;                                                                    \
+		}                                                                                  \
+		struct pc_ring *r = &pc_rings[t / 2];                                              \
+		unsigned spins = 0;                                                                \
+		if (t % 2 == 0) {                                                                  \
+			uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);      \
+			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);      \
+			unsigned k = (unsigned)(t / 2) * 1237u;                                    \
+			while (sab_keep_running_batch((st), PAIR_UNROLL))                          \
+				for (int i = 0; i < PAIR_UNROLL; i++) {                            \
+					void *p = MALLOC(pc_sizes[k++ & (PC_TAB - 1)]);            \
+					TOUCH(p);                                                  \
+					sab_escape(p);                                             \
+					while (head - tail >= PC_RING) {                           \
+						tail = atomic_load_explicit(&r->tail,              \
+									    memory_order_acquire); \
+						if (head - tail >= PC_RING)                        \
+							backoff(&spins);                           \
+					}                                                          \
+					r->slot[head & (PC_RING - 1)] = p;                         \
+					atomic_store_explicit(&r->head, ++head,                    \
+							      memory_order_release);               \
+				}                                                                  \
+			sab_set_items((st), sab_iterations(st));                                   \
+		} else {                                                                           \
+			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);      \
+			uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);      \
+			while (sab_keep_running_batch((st), PAIR_UNROLL))                          \
+				for (int i = 0; i < PAIR_UNROLL; i++) {                            \
+					while (tail == head) {                                     \
+						head = atomic_load_explicit(&r->head,              \
+									    memory_order_acquire); \
+						if (tail == head)                                  \
+							backoff(&spins);                           \
+					}                                                          \
+					void *p = r->slot[tail & (PC_RING - 1)];                   \
+					atomic_store_explicit(&r->tail, ++tail,                    \
+							      memory_order_release);               \
+					FREE(p);                                                   \
+				}                                                                  \
+			sab_set_items((st), 0);                                                    \
+		}                                                                                  \
+	} while (0)
+
+/* Every body of one allocator; X is its macro prefix (X##_DECLS, X##_MALLOC, ...). */
+#define BODIES(name, id, X)                                                                        \
+	static void name##_pair(sab_state *st, const void *arg)                                    \
+	{                                                                                          \
+		if (!ready(st, id))                                                                \
+			return;                                                                    \
+		X##_DECLS;                                                                         \
+		SHAPE_PAIR(st, arg, X##_MALLOC, X##_FREE);                                         \
+	}                                                                                          \
+	static void name##_batch(sab_state *st, const void *arg)                                   \
+	{                                                                                          \
+		if (!ready(st, id))                                                                \
+			return;                                                                    \
+		X##_DECLS;                                                                         \
+		SHAPE_BATCH(st, arg, X##_MALLOC, X##_FREE);                                        \
+	}                                                                                          \
+	static void name##_mixed(sab_state *st, const void *arg)                                   \
+	{                                                                                          \
+		(void)arg;                                                                         \
+		if (!ready(st, id))                                                                \
+			return;                                                                    \
+		X##_DECLS;                                                                         \
+		SHAPE_MIXED(st, X##_MALLOC, X##_FREE);                                             \
+	}                                                                                          \
+	static void name##_realloc_small(sab_state *st, const void *arg)                           \
+	{                                                                                          \
+		(void)arg;                                                                         \
+		if (!ready(st, id))                                                                \
+			return;                                                                    \
+		X##_DECLS;                                                                         \
+		SHAPE_REALLOC(st, small_steps, n_small, X##_MALLOC, X##_REALLOC, X##_FREE);        \
+	}                                                                                          \
+	static void name##_realloc_grow(sab_state *st, const void *arg)                            \
+	{                                                                                          \
+		(void)arg;                                                                         \
+		if (!ready(st, id))                                                                \
+			return;                                                                    \
+		X##_DECLS;                                                                         \
+		SHAPE_REALLOC(st, grow_steps, n_grow, X##_MALLOC, X##_REALLOC, X##_FREE);          \
+	}                                                                                          \
+	static void name##_prodcons(sab_state *st, const void *arg)                                \
+	{                                                                                          \
+		(void)arg;                                                                         \
+		if (!ready(st, id))                                                                \
+			return;                                                                    \
+		X##_DECLS;                                                                         \
+		SHAPE_PRODCONS(st, X##_MALLOC, X##_FREE);                                          \
+	}
+
+BODIES(sheaf, A_SHEAF, SHEAF)
+BODIES(je, A_JE, JE)
+BODIES(jex, A_JEX, JEX)
+BODIES(mi, A_MI, MI)
+BODIES(tc, A_TC, TC)
+BODIES(glibc, A_GLIBC, GLIBC)
+
+static void harness_pair(sab_state *st, const void *arg)
+{
+	if (!ready(st, A_HARNESS))
+		return;
+	HARNESS_DECLS;
+	SHAPE_PAIR(st, arg, HARNESS_MALLOC, HARNESS_FREE);
+}
+
+static void harness_mixed(sab_state *st, const void *arg)
+{
+	(void)arg;
+	if (!ready(st, A_HARNESS))
+		return;
+	HARNESS_DECLS;
+	SHAPE_MIXED(st, HARNESS_MALLOC, HARNESS_FREE);
+}
+
+/* ---- the table: "<allocator>/<shape>[/<size>]"; bench/Makefile runs one allocator per process */
+
+static const size_t sizes[] = {16, 64, 256, 1024, 4096, 16384, 32768};
+
+#define SIZED(alloc, shape, fn)                                                                    \
+	{alloc "/" shape "/16", fn, &sizes[0], 0}, {alloc "/" shape "/64", fn, &sizes[1], 0},      \
+		{alloc "/" shape "/256", fn, &sizes[2], 0},                                        \
+		{alloc "/" shape "/1024", fn, &sizes[3], 0},                                       \
+		{alloc "/" shape "/4096", fn, &sizes[4], 0},                                       \
+		{alloc "/" shape "/16384", fn, &sizes[5], 0},                                      \
+		{alloc "/" shape "/32768", fn, &sizes[6], 0}
+
+#define ROWS(alloc, name)                                                                          \
+	SIZED(alloc, "pair", name##_pair), SIZED(alloc, "batch", name##_batch),                    \
+		{alloc "/realloc/small", name##_realloc_small, NULL, 0},                           \
+		{alloc "/realloc/grow", name##_realloc_grow, NULL, 0},                             \
+		{alloc "/mixed", name##_mixed, NULL, 0},                                           \
+		{alloc "/prodcons", name##_prodcons, NULL, -2},                                    \
+		{alloc "/prodcons", name##_prodcons, NULL, -4}
+
+const struct sab_bench sab_benches[] = {
+	ROWS("sheafalloc", sheaf),
+	ROWS("jemalloc", je),
+	ROWS("jemalloc-mallocx", jex),
+	ROWS("mimalloc", mi),
+	ROWS("tcmalloc", tc),
+	ROWS("glibc", glibc),
+	{"harness/pair/64", harness_pair, &sizes[1], 0},
+	{"harness/mixed", harness_mixed, NULL, 0},
+};
+const size_t sab_nbenches = sizeof(sab_benches) / sizeof(sab_benches[0]);
