@@ -300,6 +300,7 @@ static inline char *sa_slab_base(const struct sa_slab *s)
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
 				       _Atomic uint64_t *bind_failures);
 void sa_segment_free_units(struct sa_slab *head);
+int sa_segment_resize_units(struct sa_slab *head, unsigned units);
 size_t sa_segment_purge(int force); /* madvise dirty free units; force: all of them now */
 size_t sa_segment_dirty_bytes(void);
 void sa_segmap_set(const void *seg, int on);

@@ -408,6 +408,14 @@ SA_API void *sa_realloc(void *p, size_t size)
 			errno = ENOMEM;
 		return r;
 	}
+	if (c == sa_large_cache && size <= SA_LARGE_MAX) {
+		/* grow into (or give back) the units that follow the run, when they are free */
+		struct sa_slab *h = s->head;
+		size_t off = (size_t)((char *)p - sa_slab_base(h));
+		unsigned units = (unsigned)((off + size + SA_UNIT_SIZE - 1) >> SA_UNIT_SHIFT);
+		if ((size > old || units < h->nunits / 2) && sa_segment_resize_units(h, units) == 0)
+			return p;
+	}
 	/* stays in place while it fits and does not waste more than half */
 	if (size <= old && (size > old / 2 || old <= 16))
 		return p;

@@ -206,6 +206,58 @@ void sa_segment_free_units(struct sa_slab *head)
 		sa_segment_purge(0);
 }
 
+/* Grow or shrink a unit run in place (large realloc). 0 on success, -1 if the units after it
+ * are taken or the segment ends. */
+int sa_segment_resize_units(struct sa_slab *head, unsigned units)
+{
+	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
+	unsigned at = (unsigned)(head - seg->slabs), old = head->nunits;
+	if (units == old)
+		return 0;
+	if (units == 0 || at + units > SA_UNITS_PER_SEG)
+		return -1;
+	struct sa_pages *pg = &pages[seg->node];
+	if (units > old) {
+		uint64_t mask = ((1ull << (units - old)) - 1) << (at + old);
+		pthread_mutex_lock(&pg->lock);
+		if ((seg->free_units & mask) != mask) {
+			pthread_mutex_unlock(&pg->lock);
+			return -1;
+		}
+		seg->free_units &= ~mask;
+		seg->nfree -= units - old;
+		uint64_t was_dirty = seg->dirty_units & mask;
+		seg->dirty_units &= ~mask;
+		pthread_mutex_unlock(&pg->lock);
+		atomic_fetch_add(&units_used, units - old);
+		atomic_fetch_sub(&dirty_bytes,
+				 (uint64_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
+		for (unsigned i = old; i < units; i++) {
+			head[i].head = head;
+			__atomic_store_n(&head[i].cache, head->cache, __ATOMIC_RELEASE);
+		}
+		for (unsigned i = 0; i < units; i++)
+			head[i].nunits = (uint16_t)units;
+		return 0;
+	}
+	for (unsigned i = units; i < old; i++) {
+		__atomic_store_n(&head[i].cache, NULL, __ATOMIC_RELEASE);
+		head[i].head = NULL;
+		head[i].nunits = 0;
+	}
+	for (unsigned i = 0; i < units; i++)
+		head[i].nunits = (uint16_t)units;
+	uint64_t mask = ((1ull << (old - units)) - 1) << (at + units);
+	pthread_mutex_lock(&pg->lock);
+	seg->free_units |= mask;
+	seg->dirty_units |= mask;
+	seg->nfree += old - units;
+	pthread_mutex_unlock(&pg->lock);
+	atomic_fetch_sub(&units_used, old - units);
+	atomic_fetch_add(&dirty_bytes, (uint64_t)(old - units) * SA_UNIT_SIZE);
+	return 0;
+}
+
 /* Purge dirty free units: all of them. Returns the bytes purged. */
 size_t sa_segment_purge(int force)
 {
