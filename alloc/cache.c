@@ -74,6 +74,12 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 		errno = EINVAL;
 		return NULL;
 	}
+	if (args->sheaf_capacity > 65536) {
+		sa_msg("sheafalloc: sa_cache_create('%s'): sheaf capacity %u is above 65536\n", name,
+		       args->sheaf_capacity);
+		errno = EINVAL;
+		return NULL;
+	}
 	if (args->flags & ~(SA_CACHE_TYPESAFE_RCU | SA_CACHE_HWCACHE_ALIGN | SA_CACHE_DEBUG)) {
 		sa_msg("sheafalloc: sa_cache_create('%s'): unknown flags %#x\n", name, args->flags);
 		errno = EINVAL;
@@ -228,8 +234,15 @@ void sa_cache_topology_changed(struct sa_cache *c)
 
 SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 {
-	if (node < 0 || node == sa_pcs_current_node(c))
+	if (node < 0)
 		return sa_cache_alloc(c, flags);
+	if (node == sa_pcs_current_node(c) && node < sa_nr_nodes) {
+		void *obj = sa_cache_alloc(c, flags);
+		struct sa_slab *s = obj ? sa_slab_of(obj) : NULL;
+		if (!s || s->node == node)
+			return obj;
+		sa_cache_free(c, obj); /* migrated to another node meanwhile */
+	}
 	if (node >= sa_nr_nodes) {
 		if (!(flags & SA_NOWARN))
 			sa_msg("sheafalloc: sa_cache_alloc_node('%s'): no node %d (the topology has "
@@ -266,6 +279,7 @@ SA_API void sa_cache_free_bulk(struct sa_cache *c, size_t n, void **objs)
 /* Flush every sheaf of c (per-CPU and barns) to slabs and release empty slabs beyond keep. */
 static void cache_flush_all(struct sa_cache *c, unsigned keep_empty)
 {
+	sa_sheaf_deferred_run(c);
 	sa_pcs_drain(c);
 	for (int i = 0; i < sa_nr_nodes; i++) {
 		struct sa_sheaf *s = sa_barn_take_all(&c->nodes[i]->barn);

@@ -61,13 +61,15 @@ static int possible_cpus(void)
 	return n;
 }
 
+/* fork: every lock in rank order (alloc/internal.h), so that the child finds them free. */
 static void atfork_prepare(void)
 {
 	pthread_mutex_lock(&sa_caches_lock);
 	for (struct sa_cache *c = sa_caches; c; c = c->next)
-		sa_pcs_atfork(c, 0); /* rank 2 before every barn and node lock */
-	for (struct sa_cache *c = sa_caches; c; c = c->next) {
 		pthread_mutex_lock(&c->drain_lock);
+	for (struct sa_cache *c = sa_caches; c; c = c->next)
+		sa_pcs_atfork(c, 0);
+	for (struct sa_cache *c = sa_caches; c; c = c->next) {
 		for (int i = 0; i < sa_nr_nodes; i++) {
 			pthread_mutex_lock(&c->nodes[i]->barn.lock);
 			pthread_mutex_lock(&c->nodes[i]->lock);
@@ -86,10 +88,11 @@ static void atfork_release(void)
 			pthread_mutex_unlock(&c->nodes[i]->lock);
 			pthread_mutex_unlock(&c->nodes[i]->barn.lock);
 		}
-		pthread_mutex_unlock(&c->drain_lock);
 	}
 	for (struct sa_cache *c = sa_caches; c; c = c->next)
 		sa_pcs_atfork(c, 1);
+	for (struct sa_cache *c = sa_caches; c; c = c->next)
+		pthread_mutex_unlock(&c->drain_lock);
 	pthread_mutex_unlock(&sa_caches_lock);
 }
 

@@ -12,6 +12,7 @@
  *
  * Lock order (never take a lower-numbered lock while holding a higher one):
  *   1. sa_caches_lock      the list of caches (create, destroy, stats walk, atfork)
+ *   1b. c->drain_lock      remote work on one cache's slots (shrink, destroy)
  *   2. slot (fallback mode) per-CPU slot spinlock; in rseq mode a slot is not a lock
  *   3. barn->lock          one barn's lists; never held across a slab operation
  *   4. cnode->lock         one cache's slabs on one node (partial list, slab freelists)
@@ -211,6 +212,7 @@ struct sa_cache {
 	uint32_t barn_max_empty;
 	struct sa_cache *next; /* sa_caches_lock */
 	pthread_mutex_t drain_lock; /* serializes remote work on the slots (shrink, destroy) */
+	struct sa_sheaf *_Atomic deferred; /* sheaves a SA_NOWAIT path could not place (atomic push) */
 	struct sa_cache_node *nodes[SA_MAX_NODES];
 	char name[64];
 	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
@@ -265,6 +267,7 @@ void sa_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* metadata allocator (alloc/meta.c): zeroed, 64-byte aligned, never from sa caches */
 void *sa_meta_alloc(size_t size);
+void *sa_meta_alloc_flags(size_t size, sa_flags_t flags);
 void sa_meta_free(void *p, size_t size);
 void sa_meta_atfork(int phase); /* 0: lock (prepare), 1: unlock (parent, child) */
 
@@ -323,6 +326,7 @@ struct sa_sheaf *sa_barn_get_full(struct sa_barn *b, sa_flags_t flags);
 struct sa_sheaf *sa_barn_get_empty(struct sa_barn *b, sa_flags_t flags);
 void sa_barn_put_full(struct sa_barn *b, struct sa_sheaf *s);
 void sa_barn_put_empty(struct sa_barn *b, struct sa_sheaf *s);
+bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s); /* by its size; false if busy */
 struct sa_sheaf *sa_barn_take_all(struct sa_barn *b); /* both lists, chained by next */
 static inline unsigned sa_barn_nr_full_racy(const struct sa_barn *b)
 {
@@ -345,6 +349,8 @@ void sa_sheaf_free(struct sa_cache *c, struct sa_sheaf *s);
 unsigned sa_sheaf_fill(struct sa_cache *c, struct sa_sheaf *s, unsigned upto, sa_flags_t flags);
 void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s);
 void sa_sheaf_dispose(struct sa_cache *c, struct sa_sheaf *s);
+void sa_sheaf_dispose_flags(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t flags);
+void sa_sheaf_deferred_run(struct sa_cache *c);
 
 /* per-CPU layer (sheaf/pcs.c, sheaf/rseq.c) */
 void sa_pcs_init_mode(void);

@@ -94,3 +94,20 @@ struct sa_sheaf *sa_barn_take_all(struct sa_barn *b)
 	pthread_mutex_unlock(&b->lock);
 	return all;
 }
+
+bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s)
+{
+	if (pthread_mutex_trylock(&b->lock) != 0)
+		return false;
+	if (s->size) {
+		s->next = b->full;
+		b->full = s;
+		__atomic_store_n(&b->nr_full, b->nr_full + 1, __ATOMIC_RELAXED);
+	} else {
+		s->next = b->empty;
+		b->empty = s;
+		__atomic_store_n(&b->nr_empty, b->nr_empty + 1, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&b->lock);
+	return true;
+}

@@ -251,14 +251,14 @@ static void fold_main(struct sa_cache *c)
 }
 
 /* Put a full (dir free) or empty (dir alloc) sheaf that just left main somewhere useful. */
-static void place_old_main(struct sa_cache *c, struct sa_sheaf *old, int dir)
+static void place_old_main(struct sa_cache *c, struct sa_sheaf *old, int dir, sa_flags_t flags)
 {
 	struct sa_sheaf *o2;
 	bool wanted = dir == DIR_ALLOC ? old->size == 0 : old->size == old->capacity;
 	if (wanted && spare_is_sentinel_racy(c)) {
 		if (pcs_xchg(c, SPARE, old, old->node, &o2) == 0) {
 			sa_pcs_fold(c, o2);
-			sa_sheaf_dispose(c, o2);
+			sa_sheaf_dispose_flags(c, o2, flags);
 			return;
 		}
 	}
@@ -272,22 +272,22 @@ static void place_old_main(struct sa_cache *c, struct sa_sheaf *old, int dir)
 		sa_stat_add(c, SA_STAT_BARN_PUT_FAIL, 1);
 		sa_sheaf_flush(c, old);
 	}
-	sa_sheaf_dispose(c, old);
+	sa_sheaf_dispose_flags(c, old, flags);
 }
 
 /* Install s as main. 0: done (retry the fast path); -1: could not (s disposed). */
-static int install_main(struct sa_cache *c, struct sa_sheaf *s, int dir)
+static int install_main(struct sa_cache *c, struct sa_sheaf *s, int dir, sa_flags_t flags)
 {
 	struct sa_sheaf *old;
 	prep_install(s);
 	int r = pcs_xchg(c, MAIN, s, s->node, &old);
 	if (r) {
-		sa_sheaf_dispose(c, s);
+		sa_sheaf_dispose_flags(c, s, flags);
 		return r == SA_WHY_WRONGNODE ? 0 : -1;
 	}
 	sa_pcs_fold(c, old);
 	if (old != &sa_sheaf_sentinel)
-		place_old_main(c, old, dir);
+		place_old_main(c, old, dir, flags);
 	return 0;
 }
 
@@ -302,6 +302,8 @@ static int refill_main(struct sa_cache *c, sa_flags_t flags)
 		return 0;
 	if (r != SA_WHY_NOSPARE)
 		return -1;
+	if (!(flags & SA_NOWAIT))
+		sa_sheaf_deferred_run(c);
 	int node = sa_pcs_current_node(c);
 	struct sa_barn *b = &c->nodes[node]->barn;
 	struct sa_sheaf *s = sa_barn_get_full(b, flags);
@@ -316,11 +318,11 @@ static int refill_main(struct sa_cache *c, sa_flags_t flags)
 			return -1;
 		sa_sheaf_fill(c, s, s->capacity, flags);
 		if (s->size == 0) {
-			sa_sheaf_dispose(c, s);
+			sa_sheaf_dispose_flags(c, s, flags);
 			return -1;
 		}
 	}
-	return install_main(c, s, DIR_ALLOC);
+	return install_main(c, s, DIR_ALLOC, flags);
 }
 
 static int drain_main(struct sa_cache *c)
@@ -334,13 +336,14 @@ static int drain_main(struct sa_cache *c)
 		return 0;
 	if (r != SA_WHY_NOSPARE)
 		return -1;
+	sa_sheaf_deferred_run(c);
 	int node = sa_pcs_current_node(c);
 	struct sa_sheaf *s = sa_barn_get_empty(&c->nodes[node]->barn, 0);
 	if (!s)
 		s = sa_sheaf_new(c, c->capacity, node, 0);
 	if (!s)
 		return -1;
-	return install_main(c, s, DIR_FREE);
+	return install_main(c, s, DIR_FREE, 0);
 }
 
 SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why)

@@ -20,8 +20,7 @@ struct sa_sheaf sa_sheaf_sentinel = {.state = 0, .capacity = 0, .node = -1};
 
 struct sa_sheaf *sa_sheaf_new(struct sa_cache *c, unsigned capacity, int node, sa_flags_t flags)
 {
-	(void)flags;
-	struct sa_sheaf *s = sa_meta_alloc(SA_SHEAF_HDR + (size_t)capacity * sizeof(void *));
+	struct sa_sheaf *s = sa_meta_alloc_flags(SA_SHEAF_HDR + (size_t)capacity * sizeof(void *), flags);
 	if (!s)
 		return NULL;
 	s->capacity = capacity;
@@ -65,6 +64,42 @@ void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s)
 	sa_stat_add(c, SA_STAT_FLUSH, 1);
 	sa_stat_add(c, SA_STAT_FLUSH_OBJECTS, s->size);
 	s->size = 0;
+}
+
+/*
+ * Under SA_NOWAIT a sheaf must be placed without waiting: its barn's lock is only tried, and if
+ * it is busy the sheaf goes onto the cache's deferred stack (a lock-free push), which the next
+ * slow path that may wait empties.
+ */
+void sa_sheaf_dispose_flags(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t flags)
+{
+	if (!(flags & SA_NOWAIT)) {
+		sa_sheaf_dispose(c, s);
+		return;
+	}
+	if (s == &sa_sheaf_sentinel)
+		return;
+	s->flags &= ~SA_SHEAF_PREFILLED;
+	if (!(s->flags & SA_SHEAF_OVERSIZE) && sa_barn_put_trylock(&c->nodes[s->node]->barn, s))
+		return;
+	struct sa_sheaf *head = atomic_load_explicit(&c->deferred, memory_order_relaxed);
+	do
+		s->next = head;
+	while (!atomic_compare_exchange_weak_explicit(&c->deferred, &head, s, memory_order_release,
+						      memory_order_relaxed));
+}
+
+void sa_sheaf_deferred_run(struct sa_cache *c)
+{
+	if (!atomic_load_explicit(&c->deferred, memory_order_relaxed))
+		return;
+	struct sa_sheaf *s = atomic_exchange_explicit(&c->deferred, NULL, memory_order_acquire);
+	while (s) {
+		struct sa_sheaf *next = s->next;
+		s->next = NULL;
+		sa_sheaf_dispose(c, s);
+		s = next;
+	}
 }
 
 /* Give an owned, uninstalled sheaf a home: the barn of its node (within limits) or freed. */
