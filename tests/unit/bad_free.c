@@ -1,0 +1,194 @@
+/*
+ * tests/unit/bad_free.c — frees of pointers that are not ours or belong to another cache are
+ * reported on stderr and ignored (no crash, no corruption); destroy with live objects reports the
+ * count and the cache's name and does not crash.
+ */
+#include "sa_test.h"
+
+enum { LIVE = 200, MORE = 3000 };
+
+static void test_bad_frees_ignored(void **state)
+{
+	(void)state;
+	struct sa_cache *c1 = sa_cache_create("victim-one", 64, NULL);
+	struct sa_cache *c2 = sa_cache_create("victim-two", 64, NULL);
+	struct sa_cache *c3 = sa_cache_create("victim-three", 256, NULL);
+	assert_non_null(c1);
+	assert_non_null(c2);
+	assert_non_null(c3);
+	static void *live[3 * LIVE + 2 * MORE];
+	size_t n = 0;
+	for (int i = 0; i < LIVE; i++) {
+		live[n++] = sa_cache_alloc(c1, 0);
+		live[n++] = sa_cache_alloc(c2, 0);
+		live[n++] = sa_cache_alloc(c3, 0);
+	}
+	for (size_t i = 0; i < n; i++)
+		assert_non_null(live[i]);
+	void *o1 = live[0], *o2 = live[1], *o3 = live[2];
+	int on_stack[16];
+	void *heap = malloc(64);
+	assert_non_null(heap);
+	void *seg_hdr = (void *)((uintptr_t)o1 & ~(SA_SEG_SIZE - 1));
+
+	struct capture cap;
+	capture_begin(&cap);
+	sa_cache_free(c1, on_stack);   /* 1 not ours */
+	sa_cache_free(c1, heap);       /* 2 not ours */
+	sa_cache_free(c1, o2);         /* 3 object of another cache, same size */
+	sa_cache_free(c1, o3);         /* 4 object of another cache, other size */
+	sa_cache_free(c2, o1);         /* 5 */
+	sa_free(on_stack);             /* 6 */
+	sa_free(heap);                 /* 7 */
+	sa_free(seg_hdr);              /* 8 our segment, but its header unit */
+	sa_cache_free(c1, seg_hdr);    /* 9 */
+	sa_free((void *)(uintptr_t)0x1000); /* 10 */
+	sa_cache_free_bulk(c1, 3, (void *[]){on_stack, o2, heap}); /* 11, 12, 13 */
+	const char *msg = capture_end(&cap);
+	int lines = count_substr(msg, "\n");
+	if (lines != 13)
+		print_error("messages:\n%s", msg);
+	assert_int_equal(lines, 13);
+	assert_true(count_substr(msg, "victim-one") >= 5);
+	assert_true(count_substr(msg, "victim-two") >= 1);
+	capture_free(&cap);
+
+	/* NULL frees are silent no-ops */
+	capture_begin(&cap);
+	sa_free(NULL);
+	sa_cache_free(c1, NULL);
+	msg = capture_end(&cap);
+	assert_string_equal(msg, "");
+	capture_free(&cap);
+	free(heap);
+
+	/* nothing was freed: the counters did not move */
+	assert_stats_consistent(c1, LIVE);
+	assert_stats_consistent(c2, LIVE);
+	assert_stats_consistent(c3, LIVE);
+
+	/* no corruption: many more allocations never hand out a live object */
+	for (int i = 0; i < MORE; i++) {
+		live[n] = sa_cache_alloc(c1, 0);
+		assert_non_null(live[n]);
+		check_object_of(c1, live[n]);
+		n++;
+		live[n] = sa_cache_alloc(c2, 0);
+		assert_non_null(live[n]);
+		check_object_of(c2, live[n]);
+		n++;
+	}
+	check_no_duplicates(live, n);
+	for (size_t i = 0; i < n; i++)
+		sa_free(live[i]);
+	assert_stats_consistent(c1, 0);
+	assert_stats_consistent(c2, 0);
+	assert_stats_consistent(c3, 0);
+	sa_cache_destroy(c1);
+	sa_cache_destroy(c2);
+	sa_cache_destroy(c3);
+}
+
+static void test_free_after_slab_released(void **state)
+{
+	(void)state;
+	struct sa_cache *c = sa_cache_create("released", 128, NULL);
+	assert_non_null(c);
+	void *p = sa_cache_alloc(c, 0);
+	assert_non_null(p);
+	sa_cache_free(c, p);
+	assert_int_equal(sa_cache_shrink(c), 0);
+	assert_int_equal(get_stats(c).slabs, 0);
+	/* p's unit went back to the page layer: a (double) free of it is not an object any more */
+	struct capture cap;
+	capture_begin(&cap);
+	sa_free(p);
+	sa_cache_free(c, p);
+	const char *msg = capture_end(&cap);
+	assert_int_equal(count_substr(msg, "\n"), 2);
+	capture_free(&cap);
+	assert_stats_consistent(c, 0);
+	void *objs[100];
+	assert_int_equal(sa_cache_alloc_bulk(c, 0, 100, objs), 100);
+	check_no_duplicates(objs, 100);
+	sa_cache_free_bulk(c, 100, objs);
+	assert_stats_consistent(c, 0);
+	sa_cache_destroy(c);
+}
+
+static void test_destroy_with_live_objects(void **state)
+{
+	(void)state;
+	struct sa_cache *c = sa_cache_create("leaky-cache", 40, NULL);
+	assert_non_null(c);
+	void *objs[10];
+	for (int i = 0; i < 10; i++)
+		objs[i] = sa_cache_alloc(c, 0);
+	for (int i = 3; i < 10; i++)
+		sa_cache_free(c, objs[i]); /* 3 stay live, 7 sit in sheaves */
+	struct capture cap;
+	capture_begin(&cap);
+	sa_cache_destroy(c);
+	const char *msg = capture_end(&cap);
+	if (!strstr(msg, "leaky-cache") || !strstr(msg, "3"))
+		print_error("destroy said: '%s'\n", msg);
+	assert_non_null(strstr(msg, "leaky-cache"));
+	assert_non_null(strstr(msg, " 3 "));
+	capture_free(&cap);
+	/* the leaked objects' memory stays usable */
+	for (int i = 0; i < 3; i++)
+		memset(objs[i], 0x77, 40);
+
+	/* another cache still works after that */
+	struct sa_cache *d = sa_cache_create("after-leak", 40, NULL);
+	assert_non_null(d);
+	void *more[500];
+	assert_int_equal(sa_cache_alloc_bulk(d, 0, 500, more), 500);
+	for (int i = 0; i < 500; i++)
+		for (int k = 0; k < 3; k++)
+			assert_ptr_not_equal(more[i], objs[k]);
+	sa_cache_free_bulk(d, 500, more);
+
+	/* destroying a cache whose objects were all freed prints nothing */
+	capture_begin(&cap);
+	sa_cache_destroy(d);
+	sa_cache_destroy(NULL);
+	msg = capture_end(&cap);
+	assert_string_equal(msg, "");
+	capture_free(&cap);
+}
+
+static void test_destroy_many_caches(void **state)
+{
+	(void)state;
+	/* create/use/destroy cycles: no growth in the list, nothing reported */
+	struct capture cap;
+	capture_begin(&cap);
+	for (int i = 0; i < 200; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "cycle-%d", i);
+		struct sa_cache *c = sa_cache_create(name, 16 + (size_t)(i % 50) * 24, NULL);
+		assert_non_null(c);
+		void *objs[300];
+		assert_int_equal(sa_cache_alloc_bulk(c, 0, 300, objs), 300);
+		sa_cache_free_bulk(c, 300, objs);
+		struct sa_sheaf *s = sa_sheaf_prefill(c, 0, 5);
+		assert_non_null(s);
+		sa_sheaf_return(c, 0, s);
+		sa_cache_destroy(c);
+	}
+	const char *msg = capture_end(&cap);
+	assert_string_equal(msg, "");
+	capture_free(&cap);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_bad_frees_ignored),
+		cmocka_unit_test(test_free_after_slab_released),
+		cmocka_unit_test(test_destroy_with_live_objects),
+		cmocka_unit_test(test_destroy_many_caches),
+	};
+	return cmocka_run_group_tests_name("bad_free", tests, NULL, NULL);
+}
