@@ -3,7 +3,7 @@
 # usage: scripts/deps.sh build|test|bench
 set -u
 build="gcc make pkg-config libhwloc-dev liburcu-dev"
-test="$build libcmocka-dev valgrind time"
+test="$build g++ python3 libcmocka-dev valgrind time sqlite3 git redis-server redis-tools libpython3.11-testsuite"
 bench="$build g++ python3 libbenchmark-dev libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev time sqlite3 git redis-server redis-tools"
 case "${1:-build}" in
 build) want=$build ;;
