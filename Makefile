@@ -108,7 +108,8 @@ install: lib
 	install -m 644 include/sheafalloc.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(B)/libsheafalloc.so $(B)/libsheafalloc_malloc.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(B)/libsheafalloc.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 $(B)/sheafalloc.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' sheafalloc.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/sheafalloc.pc
 	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/sheafalloc/
 
 clean:
