@@ -62,7 +62,8 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 	if (!name)
 		name = "(unnamed)";
 	if (size == 0 || size > SA_CACHE_MAX_SIZE) {
-		sa_msg("sheafalloc: sa_cache_create('%s'): object size %zu is out of range 1..%lu\n",
+		sa_msg("sheafalloc: sa_cache_create('%s'): object size %zu is out of range "
+		       "1..%lu\n",
 		       name, size, SA_CACHE_MAX_SIZE);
 		errno = EINVAL;
 		return NULL;
@@ -75,8 +76,8 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 		return NULL;
 	}
 	if (args->sheaf_capacity > 65536) {
-		sa_msg("sheafalloc: sa_cache_create('%s'): sheaf capacity %u is above 65536\n", name,
-		       args->sheaf_capacity);
+		sa_msg("sheafalloc: sa_cache_create('%s'): sheaf capacity %u is above 65536\n",
+		       name, args->sheaf_capacity);
 		errno = EINVAL;
 		return NULL;
 	}
@@ -88,7 +89,8 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 	size_t align = args->align ? args->align : 8;
 	if (align < 8)
 		align = 8;
-	if ((args->flags & SA_CACHE_HWCACHE_ALIGN) && align < SA_CACHELINE && size > SA_CACHELINE / 2)
+	if ((args->flags & SA_CACHE_HWCACHE_ALIGN) && align < SA_CACHELINE &&
+	    size > SA_CACHELINE / 2)
 		align = SA_CACHELINE;
 	size_t freeptr_off = 0, stride;
 	if (args->ctor || (args->flags & SA_CACHE_TYPESAFE_RCU)) {
@@ -107,9 +109,9 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 		errno = EINVAL;
 		return NULL;
 	}
-	unsigned capacity = args->sheaf_capacity ? args->sheaf_capacity
-			    : sa_opt.sheaf_capacity  ? sa_opt.sheaf_capacity
-						     : auto_capacity(stride);
+	unsigned capacity = args->sheaf_capacity    ? args->sheaf_capacity
+			    : sa_opt.sheaf_capacity ? sa_opt.sheaf_capacity
+						    : auto_capacity(stride);
 
 	struct sa_cache *c = sa_cache_alloc_struct();
 	if (!c) {
@@ -188,7 +190,8 @@ SA_API void sa_cache_free(struct sa_cache *c, void *obj)
 {
 	struct sa_slab *s = sa_slab_of(obj);
 	if (SA_UNLIKELY(!s || s->cache != c)) {
-		sa_cache_bad_free(c, obj, s ? "not an object of this cache" : "not a sheafalloc object");
+		sa_cache_bad_free(c, obj,
+				  s ? "not an object of this cache" : "not a sheafalloc object");
 		return;
 	}
 	int why = sa_pcs_push_fast(c, obj, s->node);
@@ -218,7 +221,8 @@ void sa_cache_topology_changed(struct sa_cache *c)
 			continue;
 		struct sa_cache_node *n = sa_meta_alloc(sizeof(*n));
 		if (!n) {
-			sa_msg("sheafalloc: cache '%s': no memory for node %d; its CPUs use node 0\n",
+			sa_msg("sheafalloc: cache '%s': no memory for node %d; its CPUs use node "
+			       "0\n",
 			       c->name, i);
 			continue;
 		}
@@ -245,7 +249,8 @@ SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 	}
 	if (node >= sa_nr_nodes) {
 		if (!(flags & SA_NOWARN))
-			sa_msg("sheafalloc: sa_cache_alloc_node('%s'): no node %d (the topology has "
+			sa_msg("sheafalloc: sa_cache_alloc_node('%s'): no node %d (the topology "
+			       "has "
 			       "%d)\n",
 			       c->name, node, sa_nr_nodes);
 		errno = EINVAL;

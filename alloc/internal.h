@@ -34,53 +34,53 @@
 /* Everything declared below is internal to the library: no GOT indirection for it. */
 #pragma GCC visibility push(hidden)
 
-#define SA_API __attribute__((visibility("default")))
-#define SA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SA_API	       __attribute__((visibility("default")))
+#define SA_LIKELY(x)   __builtin_expect(!!(x), 1)
 #define SA_UNLIKELY(x) __builtin_expect(!!(x), 0)
-#define SA_NOINLINE __attribute__((noinline))
-#define SA_COLD __attribute__((cold, noinline))
-#define SA_CACHELINE 64
+#define SA_NOINLINE    __attribute__((noinline))
+#define SA_COLD	       __attribute__((cold, noinline))
+#define SA_CACHELINE   64
 
-#define SA_SEG_SHIFT 22
-#define SA_SEG_SIZE (1ul << SA_SEG_SHIFT)
-#define SA_UNIT_SHIFT 16
-#define SA_UNIT_SIZE (1ul << SA_UNIT_SHIFT)
-#define SA_UNITS_PER_SEG (1u << (SA_SEG_SHIFT - SA_UNIT_SHIFT))
-#define SA_MAX_NODES 64
-#define SA_CACHE_MAX_SIZE (1ul << 20) /* largest object a cache serves */
+#define SA_SEG_SHIFT	   22
+#define SA_SEG_SIZE	   (1ul << SA_SEG_SHIFT)
+#define SA_UNIT_SHIFT	   16
+#define SA_UNIT_SIZE	   (1ul << SA_UNIT_SHIFT)
+#define SA_UNITS_PER_SEG   (1u << (SA_SEG_SHIFT - SA_UNIT_SHIFT))
+#define SA_MAX_NODES	   64
+#define SA_CACHE_MAX_SIZE  (1ul << 20) /* largest object a cache serves */
 #define SA_CACHE_MAX_ALIGN SA_UNIT_SIZE
-#define SA_ADDR_BITS 47
+#define SA_ADDR_BITS	   47
 
 /* ---------------------------------------------------------------- stats (docs/api.md) ------- */
 enum sa_stat_item {
-	SA_STAT_ALLOC_FAST,        /* folded from sheaf op counters, see sheaf/pcs.c */
-	SA_STAT_ALLOC_SLOW,        /* object straight from slabs */
-	SA_STAT_FREE_FAST,         /* folded from sheaf op counters */
-	SA_STAT_FREE_SLOW,         /* object straight to slabs */
-	SA_STAT_SPARE_SWAP_ALLOC,  /* main empty: swapped with a non-empty spare */
-	SA_STAT_SPARE_SWAP_FREE,   /* main full: swapped with a spare with room */
-	SA_STAT_BARN_GET,          /* full sheaf from the barn */
-	SA_STAT_BARN_GET_FAIL,     /* barn had no full sheaf */
-	SA_STAT_BARN_PUT,          /* full sheaf into the barn */
-	SA_STAT_BARN_PUT_FAIL,     /* barn at its full limit: flushed instead */
-	SA_STAT_REFILL,            /* sheaf refilled from slabs */
-	SA_STAT_REFILL_OBJECTS,    /* objects moved slabs -> sheaves */
-	SA_STAT_FLUSH,             /* sheaf flushed to slabs */
-	SA_STAT_FLUSH_OBJECTS,     /* objects moved sheaves -> slabs */
-	SA_STAT_SHEAF_NEW,         /* sheaf structs allocated */
-	SA_STAT_SHEAF_FREED,       /* sheaf structs freed */
-	SA_STAT_PREFILL_FAST,      /* prefill without a slab refill */
-	SA_STAT_PREFILL_SLOW,      /* prefill that refilled from slabs */
-	SA_STAT_PREFILL_OVERSIZE,  /* prefill above the cache's capacity */
-	SA_STAT_RETURN_FAST,       /* returned sheaf became the spare */
-	SA_STAT_RETURN_SLOW,       /* returned sheaf went to the barn or was flushed */
-	SA_STAT_SHEAF_ALLOC,       /* objects taken with sa_sheaf_alloc */
-	SA_STAT_REMOTE_FREE,       /* object of another node freed on this CPU */
+	SA_STAT_ALLOC_FAST,	     /* folded from sheaf op counters, see sheaf/pcs.c */
+	SA_STAT_ALLOC_SLOW,	     /* object straight from slabs */
+	SA_STAT_FREE_FAST,	     /* folded from sheaf op counters */
+	SA_STAT_FREE_SLOW,	     /* object straight to slabs */
+	SA_STAT_SPARE_SWAP_ALLOC,    /* main empty: swapped with a non-empty spare */
+	SA_STAT_SPARE_SWAP_FREE,     /* main full: swapped with a spare with room */
+	SA_STAT_BARN_GET,	     /* full sheaf from the barn */
+	SA_STAT_BARN_GET_FAIL,	     /* barn had no full sheaf */
+	SA_STAT_BARN_PUT,	     /* full sheaf into the barn */
+	SA_STAT_BARN_PUT_FAIL,	     /* barn at its full limit: flushed instead */
+	SA_STAT_REFILL,		     /* sheaf refilled from slabs */
+	SA_STAT_REFILL_OBJECTS,	     /* objects moved slabs -> sheaves */
+	SA_STAT_FLUSH,		     /* sheaf flushed to slabs */
+	SA_STAT_FLUSH_OBJECTS,	     /* objects moved sheaves -> slabs */
+	SA_STAT_SHEAF_NEW,	     /* sheaf structs allocated */
+	SA_STAT_SHEAF_FREED,	     /* sheaf structs freed */
+	SA_STAT_PREFILL_FAST,	     /* prefill without a slab refill */
+	SA_STAT_PREFILL_SLOW,	     /* prefill that refilled from slabs */
+	SA_STAT_PREFILL_OVERSIZE,    /* prefill above the cache's capacity */
+	SA_STAT_RETURN_FAST,	     /* returned sheaf became the spare */
+	SA_STAT_RETURN_SLOW,	     /* returned sheaf went to the barn or was flushed */
+	SA_STAT_SHEAF_ALLOC,	     /* objects taken with sa_sheaf_alloc */
+	SA_STAT_REMOTE_FREE,	     /* object of another node freed on this CPU */
 	SA_STAT_ALLOC_NODE_MISMATCH, /* alloc_node for a node other than this CPU's */
-	SA_STAT_ALLOC_FAIL,        /* NULL returned */
-	SA_STAT_SLAB_ALLOC,        /* slabs created */
-	SA_STAT_SLAB_FREE,         /* slabs released to the page layer */
-	SA_STAT_REMOTE_FENCE,      /* remote slot rounds (one membarrier each in rseq mode) */
+	SA_STAT_ALLOC_FAIL,	     /* NULL returned */
+	SA_STAT_SLAB_ALLOC,	     /* slabs created */
+	SA_STAT_SLAB_FREE,	     /* slabs released to the page layer */
+	SA_STAT_REMOTE_FENCE,	     /* remote slot rounds (one membarrier each in rseq mode) */
 	SA_NR_STATS
 };
 
@@ -100,19 +100,19 @@ struct sa_sheaf {
 			uint32_t ops;  /* fast pops + pushes since install */
 		};
 	};
-	uint32_t capacity;      /* slots in objects[]; 0 only for the sentinel */
-	int32_t node;           /* node of every object in it; -1 for the sentinel */
-	struct sa_sheaf *next;  /* barn list link (barn->lock) */
+	uint32_t capacity;	/* slots in objects[]; 0 only for the sentinel */
+	int32_t node;		/* node of every object in it; -1 for the sentinel */
+	struct sa_sheaf *next;	/* barn list link (barn->lock) */
 	struct sa_cache *cache; /* owning cache */
-	uint32_t install_size;  /* size when installed in a slot (owner) */
-	uint32_t flags;         /* SA_SHEAF_* */
-	uint64_t taken;         /* prefilled: objects handed out by sa_sheaf_alloc */
+	uint32_t install_size;	/* size when installed in a slot (owner) */
+	uint32_t flags;		/* SA_SHEAF_* */
+	uint64_t taken;		/* prefilled: objects handed out by sa_sheaf_alloc */
 	uint64_t pad[2];
 	void *objects[]; /* at offset 64 (asm relies on it) */
 };
-#define SA_SHEAF_OVERSIZE 1u  /* capacity differs from the cache's: flushed and freed on return */
+#define SA_SHEAF_OVERSIZE  1u /* capacity differs from the cache's: flushed and freed on return */
 #define SA_SHEAF_PREFILLED 2u /* held by a user through the sheaf API */
-#define SA_SHEAF_HDR 64
+#define SA_SHEAF_HDR	   64
 
 _Static_assert(offsetof(struct sa_sheaf, objects) == SA_SHEAF_HDR, "asm offsets");
 _Static_assert(offsetof(struct sa_sheaf, capacity) == 8, "asm offsets");
@@ -125,12 +125,12 @@ extern struct sa_sheaf sa_sheaf_sentinel; /* empty and full at once: capacity 0 
  * one aligned 16 bytes so that a swap commits with one 16-byte store.
  */
 struct sa_pcs_slot {
-	uint32_t stopped;       /* rseq: set by a remote thread that owns the slot (fence follows) */
-	int32_t node;           /* node of this CPU; written at creation and topology load */
-	uint32_t lock;          /* fallback mode spinlock */
+	uint32_t stopped; /* rseq: set by a remote thread that owns the slot (fence follows) */
+	int32_t node;	  /* node of this CPU; written at creation and topology load */
+	uint32_t lock;	  /* fallback mode spinlock */
 	uint32_t pad0;
 	struct sa_sheaf *sh[2]; /* owner CPU (rseq) / lock (fallback) */
-	struct sa_sheaf *rcu;   /* reserved for sa_free_rcu batching */
+	struct sa_sheaf *rcu;	/* reserved for sa_free_rcu batching */
 	uint64_t pad[3];
 } __attribute__((aligned(SA_CACHELINE)));
 _Static_assert(sizeof(struct sa_pcs_slot) == 64, "slot is one line");
@@ -140,10 +140,10 @@ _Static_assert(offsetof(struct sa_pcs_slot, node) == 4, "asm offsets");
 /* ---------------------------------------------------------------- barns (barn/) ------------- */
 struct sa_barn {
 	pthread_mutex_t lock;
-	struct sa_sheaf *full;  /* barn->lock; sheaves with size > 0 */
+	struct sa_sheaf *full;	/* barn->lock; sheaves with size > 0 */
 	struct sa_sheaf *empty; /* barn->lock; sheaves with size == 0 */
-	unsigned nr_full;       /* barn->lock; read racy for limit pre-checks */
-	unsigned nr_empty;      /* barn->lock; read racy */
+	unsigned nr_full;	/* barn->lock; read racy for limit pre-checks */
+	unsigned nr_empty;	/* barn->lock; read racy */
 };
 
 /* ---------------------------------------------------------------- slabs (alloc/slab.c) ------ */
@@ -151,30 +151,30 @@ struct sa_barn {
  * unit carries cache and node too (so free never needs the head) and head points to the first. */
 struct sa_slab {
 	struct sa_cache *cache; /* owner; NULL when the unit is free. Written before publication */
-	struct sa_slab *head;   /* first unit of this slab */
-	void *freelist;         /* cnode->lock: free objects, linked at cache->freeptr_off */
-	char *bump;             /* cnode->lock: next never-carved object */
-	struct sa_slab *next;   /* cnode->lock: partial list */
-	struct sa_slab *prev;   /* cnode->lock */
-	uint32_t inuse;         /* cnode->lock: objects carved and not on the freelist */
-	uint32_t nobjs;         /* objects this slab holds */
-	int32_t node;           /* node of the segment */
-	uint16_t nunits;        /* units in this slab */
-	uint16_t on_partial;    /* cnode->lock */
+	struct sa_slab *head;	/* first unit of this slab */
+	void *freelist;		/* cnode->lock: free objects, linked at cache->freeptr_off */
+	char *bump;		/* cnode->lock: next never-carved object */
+	struct sa_slab *next;	/* cnode->lock: partial list */
+	struct sa_slab *prev;	/* cnode->lock */
+	uint32_t inuse;		/* cnode->lock: objects carved and not on the freelist */
+	uint32_t nobjs;		/* objects this slab holds */
+	int32_t node;		/* node of the segment */
+	uint16_t nunits;	/* units in this slab */
+	uint16_t on_partial;	/* cnode->lock */
 };
 _Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
 
-#define SA_SEG_MAGIC 0x5368656166536567ull
+#define SA_SEG_MAGIC  0x5368656166536567ull
 #define SA_HUGE_MAGIC 0x5368656166487567ull
 struct sa_segment {
-	uint64_t magic;           /* SA_SEG_MAGIC, or SA_HUGE_MAGIC for one huge allocation */
+	uint64_t magic; /* SA_SEG_MAGIC, or SA_HUGE_MAGIC for one huge allocation */
 	int32_t node;
-	uint32_t nfree;           /* pages->lock: free units */
-	uint64_t free_units;      /* pages->lock: bit i set = unit i free (bit 0 is the header) */
-	struct sa_segment *next;  /* pages->lock: node's segment list */
-	uint64_t dirty_units;     /* pages->lock: free units whose pages may still be resident */
-	size_t huge_len;          /* huge: bytes mapped from the segment start */
-	size_t huge_off;          /* huge: offset of the user block */
+	uint32_t nfree;		 /* pages->lock: free units */
+	uint64_t free_units;	 /* pages->lock: bit i set = unit i free (bit 0 is the header) */
+	struct sa_segment *next; /* pages->lock: node's segment list */
+	uint64_t dirty_units;	 /* pages->lock: free units whose pages may still be resident */
+	size_t huge_len;	 /* huge: bytes mapped from the segment start */
+	size_t huge_off;	 /* huge: offset of the user block */
 	uint64_t pad;
 	struct sa_slab slabs[SA_UNITS_PER_SEG]; /* slabs[0] unused (header unit) */
 };
@@ -183,13 +183,13 @@ _Static_assert(offsetof(struct sa_segment, slabs) == 64, "sa_slab_of relies on i
 /* ---------------------------------------------------------------- caches (alloc/cache.c) ---- */
 struct sa_cache_node {
 	pthread_mutex_t lock;
-	struct sa_slab *partial; /* lock: slabs with free or uncarved objects */
+	struct sa_slab *partial;      /* lock: slabs with free or uncarved objects */
 	struct sa_slab *partial_tail; /* lock */
-	uint32_t nr_partial;     /* lock */
-	uint32_t nr_empty;       /* lock: partial slabs with inuse == 0 */
-	uint64_t nr_slabs;       /* lock */
-	uint64_t units;          /* lock: units held by this cache on this node */
-	uint64_t objs_out;       /* lock: objects carved and not on a slab freelist */
+	uint32_t nr_partial;	      /* lock */
+	uint32_t nr_empty;	      /* lock: partial slabs with inuse == 0 */
+	uint64_t nr_slabs;	      /* lock */
+	uint64_t units;		      /* lock: units held by this cache on this node */
+	uint64_t objs_out;	      /* lock: objects carved and not on a slab freelist */
 	struct sa_barn barn;
 } __attribute__((aligned(SA_CACHELINE)));
 
@@ -199,20 +199,21 @@ struct sa_cache_node {
 struct sa_cache {
 	/* read-mostly, fast path */
 	struct sa_pcs_slot *slots; /* == SA_CACHE_SLOTS(this): [sa_nr_cpus] */
-	uint32_t stride;           /* bytes between objects */
-	uint32_t size;             /* requested object size */
+	uint32_t stride;	   /* bytes between objects */
+	uint32_t size;		   /* requested object size */
 	uint32_t align;
-	uint32_t capacity;         /* sheaf capacity */
-	uint32_t freeptr_off;      /* where a free object keeps its link */
-	uint32_t flags;            /* SA_CACHE_* */
+	uint32_t capacity;    /* sheaf capacity */
+	uint32_t freeptr_off; /* where a free object keeps its link */
+	uint32_t flags;	      /* SA_CACHE_* */
 	void (*ctor)(void *obj);
 	uint32_t slab_units;
 	uint32_t slab_objs;
 	uint32_t barn_max_full;
 	uint32_t barn_max_empty;
-	struct sa_cache *next; /* sa_caches_lock */
+	struct sa_cache *next;	    /* sa_caches_lock */
 	pthread_mutex_t drain_lock; /* serializes remote work on the slots (shrink, destroy) */
-	struct sa_sheaf *_Atomic deferred; /* sheaves a SA_NOWAIT path could not place (atomic push) */
+	struct sa_sheaf
+		*_Atomic deferred; /* sheaves a SA_NOWAIT path could not place (atomic push) */
 	struct sa_cache_node *nodes[SA_MAX_NODES];
 	char name[64];
 	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
@@ -225,9 +226,9 @@ struct sa_cache *sa_cache_alloc_struct(void); /* zeroed, with initialized slots 
 void sa_cache_free_struct(struct sa_cache *c);
 
 /* ---------------------------------------------------------------- globals ------------------- */
-extern int sa_nr_cpus;   /* possible CPUs (_SC_NPROCESSORS_CONF) */
-extern int sa_nr_nodes;  /* nodes of the topology in use */
-extern bool sa_ready;    /* sa_init finished */
+extern int sa_nr_cpus;	/* possible CPUs (_SC_NPROCESSORS_CONF) */
+extern int sa_nr_nodes; /* nodes of the topology in use */
+extern bool sa_ready;	/* sa_init finished */
 extern pthread_mutex_t sa_caches_lock;
 extern struct sa_cache *sa_caches; /* sa_caches_lock */
 
@@ -249,14 +250,14 @@ struct sa_options {
 	unsigned sheaf_capacity; /* 0: auto */
 	unsigned barn_max_full;
 	unsigned barn_max_empty;
-	int percpu_fallback;     /* percpu=fallback */
+	int percpu_fallback; /* percpu=fallback */
 	size_t limit;
-	int stats_print;         /* 0 no, 1 text, 2 json */
+	int stats_print; /* 0 no, 1 text, 2 json */
 	unsigned debug;
 	int scope_check_abort;
 	unsigned purge_ms;
 	int verbose;
-	int topology_hwloc;      /* topology=hwloc: load hwloc even on one node */
+	int topology_hwloc; /* topology=hwloc: load hwloc even on one node */
 };
 extern struct sa_options sa_opt;
 void sa_options_parse(const char *s);
@@ -279,7 +280,8 @@ static inline struct sa_segment *sa_segment_of(const void *p)
 	uintptr_t i = a >> SA_SEG_SHIFT;
 	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
 		return NULL;
-	if (SA_UNLIKELY(!(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
+	if (SA_UNLIKELY(
+		    !(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
 		return NULL;
 	return (struct sa_segment *)(a & ~(SA_SEG_SIZE - 1));
 }
@@ -289,7 +291,8 @@ static inline struct sa_slab *sa_slab_of(const void *p)
 	uintptr_t i = a >> SA_SEG_SHIFT;
 	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
 		return NULL;
-	if (SA_UNLIKELY(!(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
+	if (SA_UNLIKELY(
+		    !(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
 		return NULL;
 	/* &segment->slabs[unit]: the header is 64 bytes, each slab record 64 bytes */
 	return (struct sa_slab *)((a & ~(SA_SEG_SIZE - 1)) + 64 +
@@ -297,7 +300,8 @@ static inline struct sa_slab *sa_slab_of(const void *p)
 }
 static inline char *sa_slab_base(const struct sa_slab *s)
 {
-	const struct sa_segment *seg = (const struct sa_segment *)((uintptr_t)s & ~(SA_SEG_SIZE - 1));
+	const struct sa_segment *seg =
+		(const struct sa_segment *)((uintptr_t)s & ~(SA_SEG_SIZE - 1));
 	return (char *)seg + (size_t)(s - seg->slabs) * SA_UNIT_SIZE;
 }
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
@@ -327,7 +331,7 @@ struct sa_sheaf *sa_barn_get_empty(struct sa_barn *b, sa_flags_t flags);
 void sa_barn_put_full(struct sa_barn *b, struct sa_sheaf *s);
 void sa_barn_put_empty(struct sa_barn *b, struct sa_sheaf *s);
 bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s); /* by its size; false if busy */
-struct sa_sheaf *sa_barn_take_all(struct sa_barn *b); /* both lists, chained by next */
+struct sa_sheaf *sa_barn_take_all(struct sa_barn *b);		 /* both lists, chained by next */
 static inline unsigned sa_barn_nr_full_racy(const struct sa_barn *b)
 {
 	return __atomic_load_n(&b->nr_full, __ATOMIC_RELAXED);

@@ -26,16 +26,15 @@
 
 #include "sheaf/pcs_inline.h"
 
-#define SA_SMALL_MAX 32768ul
-#define SA_LARGE_MAX (2ul << 20)
+#define SA_SMALL_MAX  32768ul
+#define SA_LARGE_MAX  (2ul << 20)
 #define SA_NR_CLASSES 40
-#define SA_PAGE 4096ul
+#define SA_PAGE	      4096ul
 
 static const uint32_t class_size[SA_NR_CLASSES] = {
-	16,    32,    48,    64,    80,    96,    112,   128,   160,   192,
-	224,   256,   320,   384,   448,   512,   640,   768,   896,   1024,
-	1280,  1536,  1792,  2048,  2560,  3072,  3584,  4096,  5120,  6144,
-	7168,  8192,  10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
+	16,   32,   48,	  64,	80,    96,    112,   128,   160,   192,	  224,	 256,	320,  384,
+	448,  512,  640,  768,	896,   1024,  1280,  1536,  1792,  2048,  2560,	 3072,	3584, 4096,
+	5120, 6144, 7168, 8192, 10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
 };
 
 static uint8_t small_class[1024 / 16 + 1]; /* (size + 15) / 16 -> class, sizes <= 1024 */
@@ -103,7 +102,8 @@ static void *large_alloc(size_t size, size_t align, sa_flags_t flags)
 		return NULL;
 	char *base = sa_slab_base(s);
 	if (off)
-		off = (size_t)((((uintptr_t)base + align - 1) & ~(uintptr_t)(align - 1)) - (uintptr_t)base);
+		off = (size_t)((((uintptr_t)base + align - 1) & ~(uintptr_t)(align - 1)) -
+			       (uintptr_t)base);
 	s->nobjs = 1;
 	s->inuse = 1;
 	for (unsigned i = 0; i < s->nunits; i++)
@@ -143,8 +143,8 @@ static void *aligned_huge_alloc(size_t size, size_t align)
 	struct aligned_huge *h = sa_meta_alloc(sizeof(*h));
 	if (!h)
 		return NULL;
-	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-		       -1, 0);
+	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (m == MAP_FAILED) {
 		sa_meta_free(h, sizeof(*h));
 		errno = ENOMEM;
@@ -211,8 +211,8 @@ static void *huge_alloc(size_t size, size_t align)
 	}
 	size_t len = (off + size + SA_PAGE - 1) & ~(SA_PAGE - 1);
 	size_t span = len + SA_SEG_SIZE;
-	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-		       -1, 0);
+	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (m == MAP_FAILED) {
 		errno = ENOMEM;
 		return NULL;

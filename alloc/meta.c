@@ -19,7 +19,7 @@
 
 #define META_MIN_SHIFT 6
 #define META_MAX_SHIFT 16
-#define META_CHUNK (1ul << 20)
+#define META_CHUNK     (1ul << 20)
 
 struct meta_free {
 	struct meta_free *next;
@@ -27,8 +27,8 @@ struct meta_free {
 
 static pthread_mutex_t sa_meta_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct meta_free *meta_lists[META_MAX_SHIFT + 1]; /* sa_meta_lock */
-static char *chunk_cur, *chunk_end;                      /* sa_meta_lock */
-static size_t meta_mapped;                               /* sa_meta_lock */
+static char *chunk_cur, *chunk_end;			 /* sa_meta_lock */
+static size_t meta_mapped;				 /* sa_meta_lock */
 
 struct meta_big {
 	struct meta_big *next;
@@ -73,7 +73,8 @@ void *sa_meta_alloc_flags(size_t size, sa_flags_t flags)
 			}
 		}
 		pthread_mutex_unlock(&sa_meta_lock);
-		void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			       0);
 		return p == MAP_FAILED ? NULL : p;
 	}
 	unsigned cls = meta_class(size);

@@ -93,11 +93,24 @@ static int parse_num(const char *v, size_t len, int with_suffix, unsigned long l
 	if (with_suffix && *end) {
 		unsigned shift = 0;
 		switch (*end) {
-		case 'k': case 'K': shift = 10; break;
-		case 'm': case 'M': shift = 20; break;
-		case 'g': case 'G': shift = 30; break;
-		case 't': case 'T': shift = 40; break;
-		default: return -1;
+		case 'k':
+		case 'K':
+			shift = 10;
+			break;
+		case 'm':
+		case 'M':
+			shift = 20;
+			break;
+		case 'g':
+		case 'G':
+			shift = 30;
+			break;
+		case 't':
+		case 'T':
+			shift = 40;
+			break;
+		default:
+			return -1;
 		}
 		end++;
 		if (x > (~0ull >> shift))
@@ -163,9 +176,15 @@ static void set_one(const char *key, size_t klen, const char *val, size_t vlen, 
 			return;
 		}
 		switch (d->type) {
-		case OPT_SIZE: *(size_t *)d->ptr = (size_t)x; break;
-		case OPT_UINT: *(unsigned *)d->ptr = (unsigned)x; break;
-		default: *(int *)d->ptr = (int)x; break;
+		case OPT_SIZE:
+			*(size_t *)d->ptr = (size_t)x;
+			break;
+		case OPT_UINT:
+			*(unsigned *)d->ptr = (unsigned)x;
+			break;
+		default:
+			*(int *)d->ptr = (int)x;
+			break;
 		}
 		return;
 	}
@@ -199,14 +218,21 @@ void sa_options_print(int fd)
 		const struct opt_desc *d = &table[i];
 		unsigned long long v;
 		switch (d->type) {
-		case OPT_SIZE: v = *(size_t *)d->ptr; break;
-		case OPT_UINT: v = *(unsigned *)d->ptr; break;
-		default: v = (unsigned long long)*(int *)d->ptr; break;
+		case OPT_SIZE:
+			v = *(size_t *)d->ptr;
+			break;
+		case OPT_UINT:
+			v = *(unsigned *)d->ptr;
+			break;
+		default:
+			v = (unsigned long long)*(int *)d->ptr;
+			break;
 		}
-		int n = snprintf(buf, sizeof(buf), "sheafalloc: option %-15s = %llu  (%s)\n", d->name,
-				 v, d->doc);
+		int n = snprintf(buf, sizeof(buf), "sheafalloc: option %-15s = %llu  (%s)\n",
+				 d->name, v, d->doc);
 		if (n > 0) {
-			ssize_t w = write(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+			ssize_t w = write(fd, buf,
+					  (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 			(void)w;
 		}
 	}

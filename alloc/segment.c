@@ -76,8 +76,8 @@ size_t sa_segment_resident_bytes(void)
 static struct sa_segment *segment_map(int node, _Atomic uint64_t *bind_failures)
 {
 	size_t span = 2 * SA_SEG_SIZE;
-	char *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-		       -1, 0);
+	char *p = mmap(NULL, span, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		return NULL;
 	char *a = (char *)(((uintptr_t)p + SA_SEG_SIZE - 1) & ~(SA_SEG_SIZE - 1));
@@ -127,7 +127,8 @@ static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units)
 	uint64_t was_dirty = seg->dirty_units & mask;
 	if (was_dirty) {
 		seg->dirty_units &= ~mask;
-		atomic_fetch_sub(&dirty_bytes, (uint64_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
+		atomic_fetch_sub(&dirty_bytes,
+				 (uint64_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
 	}
 	return &seg->slabs[at];
 }
@@ -285,8 +286,8 @@ size_t sa_segment_purge(int force)
 				unsigned len = (unsigned)__builtin_ctzll(~(m >> at));
 				if (at + len > 64)
 					len = 64 - at;
-				madvise((char *)seg + (size_t)at * SA_UNIT_SIZE, (size_t)len * SA_UNIT_SIZE,
-					MADV_DONTNEED);
+				madvise((char *)seg + (size_t)at * SA_UNIT_SIZE,
+					(size_t)len * SA_UNIT_SIZE, MADV_DONTNEED);
 				m &= ~((len == 64 ? ~0ull : ((1ull << len) - 1)) << at);
 			}
 			pthread_mutex_lock(&pg->lock);

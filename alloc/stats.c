@@ -110,21 +110,24 @@ static void out_flush(struct outbuf *o)
 }
 
 #define STAT_FIELDS(X)                                                                             \
-	X(alloc_fast) X(alloc_slow) X(free_fast) X(free_slow) X(spare_swap_alloc)                  \
-	X(spare_swap_free) X(barn_get) X(barn_get_fail) X(barn_put) X(barn_put_fail) X(refills)     \
-	X(refill_objects) X(flushes) X(flush_objects) X(sheaf_new) X(sheaf_freed) X(prefill_fast)  \
-	X(prefill_slow) X(prefill_oversize) X(return_fast) X(return_slow) X(sheaf_alloc_objects)   \
-	X(remote_free) X(alloc_node_mismatch) X(alloc_fail) X(slabs_allocated) X(slabs_freed)      \
-	X(remote_fences) X(bind_failures) X(slabs) X(objects_in_use) X(bytes_held)                 \
-	X(objects_cached)
+	X(alloc_fast)                                                                              \
+	X(alloc_slow) X(free_fast) X(free_slow) X(spare_swap_alloc) X(spare_swap_free) X(barn_get) \
+		X(barn_get_fail) X(barn_put) X(barn_put_fail) X(refills) X(refill_objects)         \
+			X(flushes) X(flush_objects) X(sheaf_new) X(sheaf_freed) X(prefill_fast) X( \
+				prefill_slow) X(prefill_oversize) X(return_fast) X(return_slow)    \
+				X(sheaf_alloc_objects) X(remote_free) X(alloc_node_mismatch)       \
+					X(alloc_fail) X(slabs_allocated) X(slabs_freed)            \
+						X(remote_fences) X(bind_failures) X(slabs)         \
+							X(objects_in_use) X(bytes_held)            \
+								X(objects_cached)
 
 static void print_all(int fd, int json)
 {
 	sa_ensure_init();
 	struct outbuf o = {.fd = fd};
 	if (json)
-		out(&o, "{\"percpu_mode\": \"%s\", \"numa_nodes\": %d, \"caches\": [", sa_percpu_mode(),
-		    sa_nr_nodes);
+		out(&o, "{\"percpu_mode\": \"%s\", \"numa_nodes\": %d, \"caches\": [",
+		    sa_percpu_mode(), sa_nr_nodes);
 	else
 		out(&o, "sheafalloc statistics: per-CPU mode %s, %d NUMA node(s), %d CPU slot(s)\n",
 		    sa_percpu_mode(), sa_nr_nodes, sa_nr_cpus);
@@ -134,15 +137,16 @@ static void print_all(int fd, int json)
 		struct sa_cache_stats s;
 		sa_cache_stats(c, &s);
 		if (json) {
-			out(&o, "%s\n  {\"name\": \"%s\", \"object_size\": %u, \"sheaf_capacity\": %u",
+			out(&o,
+			    "%s\n  {\"name\": \"%s\", \"object_size\": %u, \"sheaf_capacity\": %u",
 			    first ? "" : ",", c->name, s.object_size, s.sheaf_capacity);
 #define X(f) out(&o, ", \"" #f "\": %llu", (unsigned long long)s.f);
 			STAT_FIELDS(X)
 #undef X
 			out(&o, "}");
 		} else {
-			out(&o, "cache %s: object %u B, sheaf capacity %u\n", c->name, s.object_size,
-			    s.sheaf_capacity);
+			out(&o, "cache %s: object %u B, sheaf capacity %u\n", c->name,
+			    s.object_size, s.sheaf_capacity);
 #define X(f) out(&o, "  %-20s %llu\n", #f, (unsigned long long)s.f);
 			STAT_FIELDS(X)
 #undef X

@@ -15,8 +15,8 @@
 #include "alloc/internal.h"
 
 static hwloc_topology_t topo;
-static int topo_ok; /* hwloc loaded */
-static int *cpu_node;              /* [sa_nr_cpus] */
+static int topo_ok;   /* hwloc loaded */
+static int *cpu_node; /* [sa_nr_cpus] */
 static hwloc_obj_t node_obj[SA_MAX_NODES];
 static int can_bind;
 

@@ -72,9 +72,9 @@
 #include "sheafalloc.h"
 #include "shim.h"
 
-#define OBJ_SIZE 64
-#define BATCH_OBJS 1000 /* objects per iteration of the batch shape */
-#define PAIR_UNROLL 64  /* pairs per sab_keep_running_batch call: one shim call per 64 pairs */
+#define OBJ_SIZE    64
+#define BATCH_OBJS  1000 /* objects per iteration of the batch shape */
+#define PAIR_UNROLL 64	 /* pairs per sab_keep_running_batch call: one shim call per 64 pairs */
 
 /* glibc's own entry points: malloc and free are aliases of these unless something interposes. */
 extern void *__libc_malloc(size_t size);
@@ -85,10 +85,10 @@ extern void __libc_free(void *p);
 enum alloc_id { A_SHEAF, A_JE, A_JE_MALLOC, A_MI, A_TC, A_GLIBC, A_HARNESS, A_NR };
 
 struct allocator {
-	const char *soname;   /* for dlopen; NULL: linked */
+	const char *soname; /* for dlopen; NULL: linked */
 	pthread_once_t once;
-	const char *error;    /* set up failed: why (every row of it is skipped with this) */
-	char label[256];      /* where the entry points live, version, who serves process malloc */
+	const char *error; /* set up failed: why (every row of it is skipped with this) */
+	char label[256];   /* where the entry points live, version, who serves process malloc */
 	char errbuf[512];
 };
 
@@ -136,10 +136,11 @@ static void *peer_open(struct allocator *a)
 	if (!h) {
 		const char *e = dlerror();
 		snprintf(a->errbuf, sizeof(a->errbuf), "dlopen: %s%s", e ? e : a->soname,
-			 e && strstr(e, "static TLS") ?
-				 " (run with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096, as "
-				 "bench/Makefile does)" :
-				 "");
+			 e && strstr(e, "static TLS")
+				 ? " (run with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096, "
+				   "as "
+				   "bench/Makefile does)"
+				 : "");
 		a->error = a->errbuf;
 	}
 	return h;
@@ -157,16 +158,16 @@ static void *peer_sym(struct allocator *a, void *h, const char *name)
 
 /* One allocation and free through the new entry points before any timing: a NULL or a crash
  * shows here, not as a suspiciously fast row. */
-#define CHECK_PAIR(a, ALLOC, FREE)                                                                 \
-	do {                                                                                       \
-		if (!(a)->error) {                                                                 \
-			void *p = (ALLOC);                                                         \
-			if (!p) {                                                                  \
-				(a)->error = "the first allocation returned NULL";                 \
-				break;                                                             \
-			}                                                                          \
-			FREE;                                                                      \
-		}                                                                                  \
+#define CHECK_PAIR(a, ALLOC, FREE)                                                 \
+	do {                                                                       \
+		if (!(a)->error) {                                                 \
+			void *p = (ALLOC);                                         \
+			if (!p) {                                                  \
+				(a)->error = "the first allocation returned NULL"; \
+				break;                                             \
+			}                                                          \
+			FREE;                                                      \
+		}                                                                  \
 	} while (0)
 
 static void setup_sheaf(void)
@@ -269,8 +270,8 @@ static void setup_harness(void)
 }
 
 static void (*const setups[A_NR])(void) = {
-	[A_SHEAF] = setup_sheaf, [A_JE] = setup_je,  [A_JE_MALLOC] = setup_je_malloc,
-	[A_MI] = setup_mi,       [A_TC] = setup_tc,  [A_GLIBC] = setup_glibc,
+	[A_SHEAF] = setup_sheaf,     [A_JE] = setup_je, [A_JE_MALLOC] = setup_je_malloc,
+	[A_MI] = setup_mi,	     [A_TC] = setup_tc, [A_GLIBC] = setup_glibc,
 	[A_HARNESS] = setup_harness,
 };
 
@@ -312,64 +313,64 @@ static int ready(sab_state *st, enum alloc_id id)
 /* ---- shapes -------------------------------------------------------------------------------- */
 
 /* ALLOC is an expression giving the object; FREE a statement freeing the object named p. */
-#define PAIR(st, ALLOC, FREE)                                                                      \
-	do {                                                                                       \
-		while (sab_keep_running_batch((st), PAIR_UNROLL))                                  \
-			for (int i = 0; i < PAIR_UNROLL; i++) {                                    \
-				void *p = (ALLOC);                                                 \
-				sab_escape(p);                                                     \
-				FREE;                                                              \
-			}                                                                          \
-		sab_set_items((st), sab_iterations(st));                                           \
+#define PAIR(st, ALLOC, FREE)                                     \
+	do {                                                      \
+		while (sab_keep_running_batch((st), PAIR_UNROLL)) \
+			for (int i = 0; i < PAIR_UNROLL; i++) {   \
+				void *p = (ALLOC);                \
+				sab_escape(p);                    \
+				FREE;                             \
+			}                                         \
+		sab_set_items((st), sab_iterations(st));          \
 	} while (0)
 
-#define BATCH(st, ALLOC, FREE)                                                                     \
-	do {                                                                                       \
-		void *objs[BATCH_OBJS];                                                            \
-		while (sab_keep_running(st)) {                                                     \
-			for (int i = 0; i < BATCH_OBJS; i++) {                                     \
-				void *p = (ALLOC);                                                 \
-				sab_escape(p);                                                     \
-				objs[i] = p;                                                       \
-			}                                                                          \
-			for (int i = 0; i < BATCH_OBJS; i++) {                                     \
-				void *p = objs[i];                                                 \
-				FREE;                                                              \
-			}                                                                          \
-		}                                                                                  \
-		sab_set_items((st), sab_iterations(st) * BATCH_OBJS);                              \
-		sab_counter((st), "objs_per_iter", BATCH_OBJS);                                    \
+#define BATCH(st, ALLOC, FREE)                                        \
+	do {                                                          \
+		void *objs[BATCH_OBJS];                               \
+		while (sab_keep_running(st)) {                        \
+			for (int i = 0; i < BATCH_OBJS; i++) {        \
+				void *p = (ALLOC);                    \
+				sab_escape(p);                        \
+				objs[i] = p;                          \
+			}                                             \
+			for (int i = 0; i < BATCH_OBJS; i++) {        \
+				void *p = objs[i];                    \
+				FREE;                                 \
+			}                                             \
+		}                                                     \
+		sab_set_items((st), sab_iterations(st) * BATCH_OBJS); \
+		sab_counter((st), "objs_per_iter", BATCH_OBJS);       \
 	} while (0)
 
 /* The two bodies of one allocator; the entry points are copied to locals first, so the loop
  * calls through a register. */
-#define BODIES(name, id, DECLS, ALLOC, FREE)                                                       \
-	static void name##_pair(sab_state *st, const void *arg)                                    \
-	{                                                                                          \
-		(void)arg;                                                                         \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		DECLS;                                                                             \
-		PAIR(st, ALLOC, FREE);                                                             \
-	}                                                                                          \
-	static void name##_batch(sab_state *st, const void *arg)                                   \
-	{                                                                                          \
-		(void)arg;                                                                         \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		DECLS;                                                                             \
-		BATCH(st, ALLOC, FREE);                                                            \
+#define BODIES(name, id, DECLS, ALLOC, FREE)                     \
+	static void name##_pair(sab_state *st, const void *arg)  \
+	{                                                        \
+		(void)arg;                                       \
+		if (!ready(st, id))                              \
+			return;                                  \
+		DECLS;                                           \
+		PAIR(st, ALLOC, FREE);                           \
+	}                                                        \
+	static void name##_batch(sab_state *st, const void *arg) \
+	{                                                        \
+		(void)arg;                                       \
+		if (!ready(st, id))                              \
+			return;                                  \
+		DECLS;                                           \
+		BATCH(st, ALLOC, FREE);                          \
 	}
 
 BODIES(sheaf, A_SHEAF, struct sa_cache *c = sa64, sa_cache_alloc(c, 0), sa_cache_free(c, p))
-BODIES(je, A_JE, __typeof__(mallocx) *alloc = je_mallocx; __typeof__(dallocx) *dealloc = je_dallocx,
-       alloc(OBJ_SIZE, 0), dealloc(p, 0))
-BODIES(je_malloc, A_JE_MALLOC, void *(*alloc)(size_t) = je_malloc; void (*dealloc)(void *) = je_free,
-       alloc(OBJ_SIZE), dealloc(p))
-BODIES(mi, A_MI, __typeof__(mi_malloc) *alloc = mi_malloc_p; __typeof__(mi_free) *dealloc = mi_free_p,
-       alloc(OBJ_SIZE), dealloc(p))
-BODIES(tc, A_TC, __typeof__(tc_malloc) *alloc = tc_malloc_p; __typeof__(tc_free) *dealloc = tc_free_p,
-       alloc(OBJ_SIZE), dealloc(p))
+BODIES(je, A_JE, __typeof__(mallocx) *alloc = je_mallocx;
+       __typeof__(dallocx) *dealloc = je_dallocx, alloc(OBJ_SIZE, 0), dealloc(p, 0))
+BODIES(je_malloc, A_JE_MALLOC, void *(*alloc)(size_t) = je_malloc;
+       void (*dealloc)(void *) = je_free, alloc(OBJ_SIZE), dealloc(p))
+BODIES(mi, A_MI, __typeof__(mi_malloc) *alloc = mi_malloc_p;
+       __typeof__(mi_free) *dealloc = mi_free_p, alloc(OBJ_SIZE), dealloc(p))
+BODIES(tc, A_TC, __typeof__(tc_malloc) *alloc = tc_malloc_p;
+       __typeof__(tc_free) *dealloc = tc_free_p, alloc(OBJ_SIZE), dealloc(p))
 BODIES(glibc, A_GLIBC, (void)0, __libc_malloc(OBJ_SIZE), __libc_free(p))
 
 static void harness_pair(sab_state *st, const void *arg)
@@ -382,9 +383,11 @@ static void harness_pair(sab_state *st, const void *arg)
 
 /* ---- the table: "<allocator>/<shape>"; bench/Makefile runs one allocator per process ------- */
 
-#define ROWS(alloc, name)                                                                          \
-	{alloc "/pair", name##_pair, NULL, 0}, {alloc "/batch", name##_batch, NULL, 0},            \
-		{alloc "/pair_mt", name##_pair, NULL, 2}
+#define ROWS(alloc, name)                                                               \
+	{alloc "/pair", name##_pair, NULL, 0}, {alloc "/batch", name##_batch, NULL, 0}, \
+	{                                                                               \
+		alloc "/pair_mt", name##_pair, NULL, 2                                  \
+	}
 
 const struct sab_bench sab_benches[] = {
 	ROWS("sheafalloc", sheaf),

@@ -75,19 +75,19 @@
 #include "sheafalloc.h"
 #include "shim.h"
 
-#define BATCH_OBJS 1000     /* objects per iteration of the batch shape */
-#define PAIR_UNROLL 64      /* iterations per sab_keep_running_batch call */
-#define MIX_LIVE 10000      /* live blocks of the mixed ring */
-#define MIX_TAB (1u << 16)  /* (slot, size) pairs of the mixed shape, cycled */
-#define MIX_MIN 16
-#define MIX_MAX 4096
-#define PC_TAB 4096          /* sizes of the producers, cycled */
-#define PC_MIN 16
-#define PC_MAX 1024
-#define PC_RING 1024         /* slots of one producer/consumer ring (a power of two) */
+#define BATCH_OBJS   1000	/* objects per iteration of the batch shape */
+#define PAIR_UNROLL  64		/* iterations per sab_keep_running_batch call */
+#define MIX_LIVE     10000	/* live blocks of the mixed ring */
+#define MIX_TAB	     (1u << 16) /* (slot, size) pairs of the mixed shape, cycled */
+#define MIX_MIN	     16
+#define MIX_MAX	     4096
+#define PC_TAB	     4096 /* sizes of the producers, cycled */
+#define PC_MIN	     16
+#define PC_MAX	     1024
+#define PC_RING	     1024 /* slots of one producer/consumer ring (a power of two) */
 #define PC_MAX_PAIRS 2
-#define GROW_MAX (1u << 20)  /* realloc/grow ends at 1 MiB */
-#define SMALL_MAX 4096       /* realloc/small ends at 4 KiB */
+#define GROW_MAX     (1u << 20) /* realloc/grow ends at 1 MiB */
+#define SMALL_MAX    4096	/* realloc/small ends at 4 KiB */
 
 /* glibc's own entry points: malloc and free are aliases of these unless something interposes. */
 extern void *__libc_malloc(size_t size);
@@ -194,10 +194,11 @@ static void *peer_open(struct allocator *a)
 	if (!h) {
 		const char *e = dlerror();
 		snprintf(a->errbuf, sizeof(a->errbuf), "dlopen: %s%s", e ? e : a->soname,
-			 e && strstr(e, "static TLS") ?
-				 " (run with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096, as "
-				 "bench/Makefile does)" :
-				 "");
+			 e && strstr(e, "static TLS")
+				 ? " (run with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096, "
+				   "as "
+				   "bench/Makefile does)"
+				 : "");
 		a->error = a->errbuf;
 	}
 	return h;
@@ -215,69 +216,69 @@ static void *peer_sym(struct allocator *a, void *h, const char *name)
 
 /* malloc, realloc to 4 KiB and to 64 KiB, free, through the new entry points, before any timing:
  * a NULL or a crash shows here, not as a suspiciously fast row. */
-#define CHECK(a, MALLOC, REALLOC, FREE)                                                            \
-	do {                                                                                       \
-		if ((a)->error)                                                                    \
-			break;                                                                     \
-		void *p = MALLOC(16);                                                              \
-		void *q = p ? REALLOC(p, 4096) : NULL;                                             \
-		void *r = q ? REALLOC(q, 65536) : NULL;                                            \
-		if (!r) {                                                                          \
-			(a)->error = "the first malloc or realloc returned NULL";                  \
-			break;                                                                     \
-		}                                                                                  \
-		FREE(r);                                                                           \
+#define CHECK(a, MALLOC, REALLOC, FREE)                                           \
+	do {                                                                      \
+		if ((a)->error)                                                   \
+			break;                                                    \
+		void *p = MALLOC(16);                                             \
+		void *q = p ? REALLOC(p, 4096) : NULL;                            \
+		void *r = q ? REALLOC(q, 65536) : NULL;                           \
+		if (!r) {                                                         \
+			(a)->error = "the first malloc or realloc returned NULL"; \
+			break;                                                    \
+		}                                                                 \
+		FREE(r);                                                          \
 	} while (0)
 
 /* The entry points of every allocator as expressions over locals declared by <X>_DECLS (not
  * every body uses realloc). */
-#define MAYBE_UNUSED __attribute__((unused))
-#define SHEAF_DECLS (void)0
-#define SHEAF_MALLOC(n) sa_malloc(n)
-#define SHEAF_FREE(p) sa_free(p)
+#define MAYBE_UNUSED	    __attribute__((unused))
+#define SHEAF_DECLS	    (void)0
+#define SHEAF_MALLOC(n)	    sa_malloc(n)
+#define SHEAF_FREE(p)	    sa_free(p)
 #define SHEAF_REALLOC(p, n) sa_realloc(p, n)
 
-#define JE_DECLS                                                                                   \
-	MAYBE_UNUSED void *(*const je_m)(size_t) = je_malloc;                                                   \
-	MAYBE_UNUSED void (*const je_f)(void *) = je_free;                                                      \
+#define JE_DECLS                                              \
+	MAYBE_UNUSED void *(*const je_m)(size_t) = je_malloc; \
+	MAYBE_UNUSED void (*const je_f)(void *) = je_free;    \
 	MAYBE_UNUSED void *(*const je_r)(void *, size_t) = je_realloc
-#define JE_MALLOC(n) je_m(n)
-#define JE_FREE(p) je_f(p)
+#define JE_MALLOC(n)	 je_m(n)
+#define JE_FREE(p)	 je_f(p)
 #define JE_REALLOC(p, n) je_r(p, n)
 
-#define JEX_DECLS                                                                                  \
-	MAYBE_UNUSED __typeof__(mallocx) *const jex_m = je_mallocx;                                             \
-	MAYBE_UNUSED __typeof__(dallocx) *const jex_f = je_dallocx;                                             \
+#define JEX_DECLS                                                   \
+	MAYBE_UNUSED __typeof__(mallocx) *const jex_m = je_mallocx; \
+	MAYBE_UNUSED __typeof__(dallocx) *const jex_f = je_dallocx; \
 	MAYBE_UNUSED __typeof__(rallocx) *const jex_r = je_rallocx
-#define JEX_MALLOC(n) jex_m(n, 0)
-#define JEX_FREE(p) jex_f(p, 0)
+#define JEX_MALLOC(n)	  jex_m(n, 0)
+#define JEX_FREE(p)	  jex_f(p, 0)
 #define JEX_REALLOC(p, n) jex_r(p, n, 0)
 
-#define MI_DECLS                                                                                   \
-	MAYBE_UNUSED __typeof__(mi_malloc) *const mi_m = mi_malloc_p;                                           \
-	MAYBE_UNUSED __typeof__(mi_free) *const mi_f = mi_free_p;                                               \
+#define MI_DECLS                                                      \
+	MAYBE_UNUSED __typeof__(mi_malloc) *const mi_m = mi_malloc_p; \
+	MAYBE_UNUSED __typeof__(mi_free) *const mi_f = mi_free_p;     \
 	MAYBE_UNUSED __typeof__(mi_realloc) *const mi_r = mi_realloc_p
-#define MI_MALLOC(n) mi_m(n)
-#define MI_FREE(p) mi_f(p)
+#define MI_MALLOC(n)	 mi_m(n)
+#define MI_FREE(p)	 mi_f(p)
 #define MI_REALLOC(p, n) mi_r(p, n)
 
-#define TC_DECLS                                                                                   \
-	MAYBE_UNUSED __typeof__(tc_malloc) *const tc_m = tc_malloc_p;                                           \
-	MAYBE_UNUSED __typeof__(tc_free) *const tc_f = tc_free_p;                                               \
+#define TC_DECLS                                                      \
+	MAYBE_UNUSED __typeof__(tc_malloc) *const tc_m = tc_malloc_p; \
+	MAYBE_UNUSED __typeof__(tc_free) *const tc_f = tc_free_p;     \
 	MAYBE_UNUSED __typeof__(tc_realloc) *const tc_r = tc_realloc_p
-#define TC_MALLOC(n) tc_m(n)
-#define TC_FREE(p) tc_f(p)
+#define TC_MALLOC(n)	 tc_m(n)
+#define TC_FREE(p)	 tc_f(p)
 #define TC_REALLOC(p, n) tc_r(p, n)
 
-#define GLIBC_DECLS (void)0
-#define GLIBC_MALLOC(n) __libc_malloc(n)
-#define GLIBC_FREE(p) __libc_free(p)
+#define GLIBC_DECLS	    (void)0
+#define GLIBC_MALLOC(n)	    __libc_malloc(n)
+#define GLIBC_FREE(p)	    __libc_free(p)
 #define GLIBC_REALLOC(p, n) __libc_realloc(p, n)
 
 /* No allocator: a static buffer big enough for every size the harness rows ask for. */
-#define HARNESS_DECLS char *const hb = harness_buf
+#define HARNESS_DECLS	  char *const hb = harness_buf
 #define HARNESS_MALLOC(n) ((void)(n), (void *)hb)
-#define HARNESS_FREE(p) ((void)(p))
+#define HARNESS_FREE(p)	  ((void)(p))
 
 static void setup_sheaf(void)
 {
@@ -378,8 +379,8 @@ static void setup_harness(void)
 }
 
 static void (*const setups[A_NR])(void) = {
-	[A_SHEAF] = setup_sheaf, [A_JE] = setup_je,       [A_JEX] = setup_jex,
-	[A_MI] = setup_mi,       [A_TC] = setup_tc,       [A_GLIBC] = setup_glibc,
+	[A_SHEAF] = setup_sheaf,     [A_JE] = setup_je, [A_JEX] = setup_jex,
+	[A_MI] = setup_mi,	     [A_TC] = setup_tc, [A_GLIBC] = setup_glibc,
 	[A_HARNESS] = setup_harness,
 };
 
@@ -461,90 +462,90 @@ static inline void backoff(unsigned *spins)
 
 #define TOUCH(p) (*(char *)(p) = 1)
 
-#define SHAPE_PAIR(st, arg, MALLOC, FREE)                                                          \
-	do {                                                                                       \
-		const size_t n = *(const size_t *)(arg);                                           \
-		while (sab_keep_running_batch((st), PAIR_UNROLL))                                  \
-			for (int i = 0; i < PAIR_UNROLL; i++) {                                    \
-				void *p = MALLOC(n);                                               \
-				TOUCH(p);                                                          \
-				sab_escape(p);                                                     \
-				FREE(p);                                                           \
-			}                                                                          \
-		sab_set_items((st), sab_iterations(st));                                           \
+#define SHAPE_PAIR(st, arg, MALLOC, FREE)                         \
+	do {                                                      \
+		const size_t n = *(const size_t *)(arg);          \
+		while (sab_keep_running_batch((st), PAIR_UNROLL)) \
+			for (int i = 0; i < PAIR_UNROLL; i++) {   \
+				void *p = MALLOC(n);              \
+				TOUCH(p);                         \
+				sab_escape(p);                    \
+				FREE(p);                          \
+			}                                         \
+		sab_set_items((st), sab_iterations(st));          \
 	} while (0)
 
-#define SHAPE_BATCH(st, arg, MALLOC, FREE)                                                         \
-	do {                                                                                       \
-		const size_t n = *(const size_t *)(arg);                                           \
-		void *objs[BATCH_OBJS];                                                            \
-		while (sab_keep_running(st)) {                                                     \
-			for (int i = 0; i < BATCH_OBJS; i++) {                                     \
-				void *p = MALLOC(n);                                               \
-				TOUCH(p);                                                          \
-				sab_escape(p);                                                     \
-				objs[i] = p;                                                       \
-			}                                                                          \
-			for (int i = 0; i < BATCH_OBJS; i++) {                                     \
-				void *p = objs[i];                                                 \
-				FREE(p);                                                           \
-			}                                                                          \
-		}                                                                                  \
-		sab_set_items((st), sab_iterations(st) * BATCH_OBJS);                              \
-		sab_counter((st), "objs_per_iter", BATCH_OBJS);                                    \
+#define SHAPE_BATCH(st, arg, MALLOC, FREE)                            \
+	do {                                                          \
+		const size_t n = *(const size_t *)(arg);              \
+		void *objs[BATCH_OBJS];                               \
+		while (sab_keep_running(st)) {                        \
+			for (int i = 0; i < BATCH_OBJS; i++) {        \
+				void *p = MALLOC(n);                  \
+				TOUCH(p);                             \
+				sab_escape(p);                        \
+				objs[i] = p;                          \
+			}                                             \
+			for (int i = 0; i < BATCH_OBJS; i++) {        \
+				void *p = objs[i];                    \
+				FREE(p);                              \
+			}                                             \
+		}                                                     \
+		sab_set_items((st), sab_iterations(st) * BATCH_OBJS); \
+		sab_counter((st), "objs_per_iter", BATCH_OBJS);       \
 	} while (0)
 
 /* The ring is filled (untimed, before the first sab_keep_running_batch) with the sizes of the
  * first MIX_LIVE table entries, and freed after the loop (untimed). */
-#define SHAPE_MIXED(st, MALLOC, FREE)                                                              \
-	do {                                                                                       \
-		static void *ring[MIX_LIVE];                                                       \
-		static uint16_t ring_size[MIX_LIVE];                                               \
-		for (unsigned k = 0; k < MIX_LIVE; k++) {                                          \
-			void *p = MALLOC(mix_tab[k].size);                                         \
-			TOUCH(p);                                                                  \
-			sab_escape(p);                                                             \
-			ring[k] = p;                                                               \
-			ring_size[k] = mix_tab[k].size;                                            \
-		}                                                                                  \
-		unsigned j = 0;                                                                    \
-		while (sab_keep_running_batch((st), PAIR_UNROLL))                                  \
-			for (int i = 0; i < PAIR_UNROLL; i++, j = (j + 1) & (MIX_TAB - 1)) {       \
-				const struct mix_op op = mix_tab[j];                               \
-				FREE(ring[op.slot]);                                               \
-				void *p = MALLOC(op.size);                                         \
-				TOUCH(p);                                                          \
-				sab_escape(p);                                                     \
-				ring[op.slot] = p;                                                 \
-				ring_size[op.slot] = op.size;                                      \
-			}                                                                          \
-		double live = 0;                                                                   \
-		for (unsigned k = 0; k < MIX_LIVE; k++)                                            \
-			live += ring_size[k];                                                      \
-		sab_counter((st), "live_MiB", live / (1024.0 * 1024.0));                           \
-		sab_counter((st), "rss_MiB", rss_mib());                                           \
-		for (unsigned k = 0; k < MIX_LIVE; k++)                                            \
-			FREE(ring[k]);                                                             \
-		sab_set_items((st), sab_iterations(st));                                           \
+#define SHAPE_MIXED(st, MALLOC, FREE)                                                        \
+	do {                                                                                 \
+		static void *ring[MIX_LIVE];                                                 \
+		static uint16_t ring_size[MIX_LIVE];                                         \
+		for (unsigned k = 0; k < MIX_LIVE; k++) {                                    \
+			void *p = MALLOC(mix_tab[k].size);                                   \
+			TOUCH(p);                                                            \
+			sab_escape(p);                                                       \
+			ring[k] = p;                                                         \
+			ring_size[k] = mix_tab[k].size;                                      \
+		}                                                                            \
+		unsigned j = 0;                                                              \
+		while (sab_keep_running_batch((st), PAIR_UNROLL))                            \
+			for (int i = 0; i < PAIR_UNROLL; i++, j = (j + 1) & (MIX_TAB - 1)) { \
+				const struct mix_op op = mix_tab[j];                         \
+				FREE(ring[op.slot]);                                         \
+				void *p = MALLOC(op.size);                                   \
+				TOUCH(p);                                                    \
+				sab_escape(p);                                               \
+				ring[op.slot] = p;                                           \
+				ring_size[op.slot] = op.size;                                \
+			}                                                                    \
+		double live = 0;                                                             \
+		for (unsigned k = 0; k < MIX_LIVE; k++)                                      \
+			live += ring_size[k];                                                \
+		sab_counter((st), "live_MiB", live / (1024.0 * 1024.0));                     \
+		sab_counter((st), "rss_MiB", rss_mib());                                     \
+		for (unsigned k = 0; k < MIX_LIVE; k++)                                      \
+			FREE(ring[k]);                                                       \
+		sab_set_items((st), sab_iterations(st));                                     \
 	} while (0)
 
-#define SHAPE_REALLOC(st, steps, nsteps, MALLOC, REALLOC, FREE)                                    \
-	do {                                                                                       \
-		const size_t *const s = (steps);                                                   \
-		const int ns = (nsteps);                                                           \
-		while (sab_keep_running(st)) {                                                     \
-			char *p = MALLOC(s[0]);                                                    \
-			p[s[0] - 1] = 1;                                                           \
-			sab_escape(p);                                                             \
-			for (int k = 1; k < ns; k++) {                                             \
-				p = REALLOC(p, s[k]);                                              \
-				p[s[k] - 1] = 1;                                                   \
-				sab_escape(p);                                                     \
-			}                                                                          \
-			FREE(p);                                                                   \
-		}                                                                                  \
-		sab_set_items((st), sab_iterations(st) * (ns - 1));                                \
-		sab_counter((st), "reallocs_per_chain", ns - 1);                                   \
+#define SHAPE_REALLOC(st, steps, nsteps, MALLOC, REALLOC, FREE)     \
+	do {                                                        \
+		const size_t *const s = (steps);                    \
+		const int ns = (nsteps);                            \
+		while (sab_keep_running(st)) {                      \
+			char *p = MALLOC(s[0]);                     \
+			p[s[0] - 1] = 1;                            \
+			sab_escape(p);                              \
+			for (int k = 1; k < ns; k++) {              \
+				p = REALLOC(p, s[k]);               \
+				p[s[k] - 1] = 1;                    \
+				sab_escape(p);                      \
+			}                                           \
+			FREE(p);                                    \
+		}                                                   \
+		sab_set_items((st), sab_iterations(st) * (ns - 1)); \
+		sab_counter((st), "reallocs_per_chain", ns - 1);    \
 	} while (0)
 
 /* Even thread index: producer of pair index / 2; odd: its consumer. */
@@ -598,52 +599,52 @@ static inline void backoff(unsigned *spins)
 	} while (0)
 
 /* Every body of one allocator; X is its macro prefix (X##_DECLS, X##_MALLOC, ...). */
-#define BODIES(name, id, X)                                                                        \
-	static void name##_pair(sab_state *st, const void *arg)                                    \
-	{                                                                                          \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		X##_DECLS;                                                                         \
-		SHAPE_PAIR(st, arg, X##_MALLOC, X##_FREE);                                         \
-	}                                                                                          \
-	static void name##_batch(sab_state *st, const void *arg)                                   \
-	{                                                                                          \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		X##_DECLS;                                                                         \
-		SHAPE_BATCH(st, arg, X##_MALLOC, X##_FREE);                                        \
-	}                                                                                          \
-	static void name##_mixed(sab_state *st, const void *arg)                                   \
-	{                                                                                          \
-		(void)arg;                                                                         \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		X##_DECLS;                                                                         \
-		SHAPE_MIXED(st, X##_MALLOC, X##_FREE);                                             \
-	}                                                                                          \
-	static void name##_realloc_small(sab_state *st, const void *arg)                           \
-	{                                                                                          \
-		(void)arg;                                                                         \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		X##_DECLS;                                                                         \
-		SHAPE_REALLOC(st, small_steps, n_small, X##_MALLOC, X##_REALLOC, X##_FREE);        \
-	}                                                                                          \
-	static void name##_realloc_grow(sab_state *st, const void *arg)                            \
-	{                                                                                          \
-		(void)arg;                                                                         \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		X##_DECLS;                                                                         \
-		SHAPE_REALLOC(st, grow_steps, n_grow, X##_MALLOC, X##_REALLOC, X##_FREE);          \
-	}                                                                                          \
-	static void name##_prodcons(sab_state *st, const void *arg)                                \
-	{                                                                                          \
-		(void)arg;                                                                         \
-		if (!ready(st, id))                                                                \
-			return;                                                                    \
-		X##_DECLS;                                                                         \
-		SHAPE_PRODCONS(st, X##_MALLOC, X##_FREE);                                          \
+#define BODIES(name, id, X)                                                                 \
+	static void name##_pair(sab_state *st, const void *arg)                             \
+	{                                                                                   \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_PAIR(st, arg, X##_MALLOC, X##_FREE);                                  \
+	}                                                                                   \
+	static void name##_batch(sab_state *st, const void *arg)                            \
+	{                                                                                   \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_BATCH(st, arg, X##_MALLOC, X##_FREE);                                 \
+	}                                                                                   \
+	static void name##_mixed(sab_state *st, const void *arg)                            \
+	{                                                                                   \
+		(void)arg;                                                                  \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_MIXED(st, X##_MALLOC, X##_FREE);                                      \
+	}                                                                                   \
+	static void name##_realloc_small(sab_state *st, const void *arg)                    \
+	{                                                                                   \
+		(void)arg;                                                                  \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_REALLOC(st, small_steps, n_small, X##_MALLOC, X##_REALLOC, X##_FREE); \
+	}                                                                                   \
+	static void name##_realloc_grow(sab_state *st, const void *arg)                     \
+	{                                                                                   \
+		(void)arg;                                                                  \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_REALLOC(st, grow_steps, n_grow, X##_MALLOC, X##_REALLOC, X##_FREE);   \
+	}                                                                                   \
+	static void name##_prodcons(sab_state *st, const void *arg)                         \
+	{                                                                                   \
+		(void)arg;                                                                  \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_PRODCONS(st, X##_MALLOC, X##_FREE);                                   \
 	}
 
 BODIES(sheaf, A_SHEAF, SHEAF)
@@ -674,21 +675,25 @@ static void harness_mixed(sab_state *st, const void *arg)
 
 static const size_t sizes[] = {16, 64, 256, 1024, 4096, 16384, 32768};
 
-#define SIZED(alloc, shape, fn)                                                                    \
-	{alloc "/" shape "/16", fn, &sizes[0], 0}, {alloc "/" shape "/64", fn, &sizes[1], 0},      \
-		{alloc "/" shape "/256", fn, &sizes[2], 0},                                        \
-		{alloc "/" shape "/1024", fn, &sizes[3], 0},                                       \
-		{alloc "/" shape "/4096", fn, &sizes[4], 0},                                       \
-		{alloc "/" shape "/16384", fn, &sizes[5], 0},                                      \
-		{alloc "/" shape "/32768", fn, &sizes[6], 0}
+#define SIZED(alloc, shape, fn)                                                               \
+	{alloc "/" shape "/16", fn, &sizes[0], 0}, {alloc "/" shape "/64", fn, &sizes[1], 0}, \
+		{alloc "/" shape "/256", fn, &sizes[2], 0},                                   \
+		{alloc "/" shape "/1024", fn, &sizes[3], 0},                                  \
+		{alloc "/" shape "/4096", fn, &sizes[4], 0},                                  \
+		{alloc "/" shape "/16384", fn, &sizes[5], 0},                                 \
+	{                                                                                     \
+		alloc "/" shape "/32768", fn, &sizes[6], 0                                    \
+	}
 
-#define ROWS(alloc, name)                                                                          \
-	SIZED(alloc, "pair", name##_pair), SIZED(alloc, "batch", name##_batch),                    \
-		{alloc "/realloc/small", name##_realloc_small, NULL, 0},                           \
-		{alloc "/realloc/grow", name##_realloc_grow, NULL, 0},                             \
-		{alloc "/mixed", name##_mixed, NULL, 0},                                           \
-		{alloc "/prodcons", name##_prodcons, NULL, -2},                                    \
-		{alloc "/prodcons", name##_prodcons, NULL, -4}
+#define ROWS(alloc, name)                                                       \
+	SIZED(alloc, "pair", name##_pair), SIZED(alloc, "batch", name##_batch), \
+		{alloc "/realloc/small", name##_realloc_small, NULL, 0},        \
+		{alloc "/realloc/grow", name##_realloc_grow, NULL, 0},          \
+		{alloc "/mixed", name##_mixed, NULL, 0},                        \
+		{alloc "/prodcons", name##_prodcons, NULL, -2},                 \
+	{                                                                       \
+		alloc "/prodcons", name##_prodcons, NULL, -4                    \
+	}
 
 const struct sab_bench sab_benches[] = {
 	ROWS("sheafalloc", sheaf),

@@ -5,22 +5,52 @@
 
 #include <benchmark/benchmark.h>
 
-static benchmark::State &S(sab_state *st) { return *reinterpret_cast<benchmark::State *>(st); }
+static benchmark::State &S(sab_state *st)
+{
+	return *reinterpret_cast<benchmark::State *>(st);
+}
 
 extern "C" {
-int sab_keep_running(sab_state *st) { return S(st).KeepRunning(); }
-int sab_keep_running_batch(sab_state *st, int64_t n) { return S(st).KeepRunningBatch(n); }
-int64_t sab_iterations(sab_state *st) { return S(st).iterations(); }
-int sab_thread_index(sab_state *st) { return S(st).thread_index(); }
-int sab_threads(sab_state *st) { return S(st).threads(); }
-void sab_set_items(sab_state *st, int64_t n) { S(st).SetItemsProcessed(n); }
-void sab_pause(sab_state *st) { S(st).PauseTiming(); }
-void sab_resume(sab_state *st) { S(st).ResumeTiming(); }
+int sab_keep_running(sab_state *st)
+{
+	return S(st).KeepRunning();
+}
+int sab_keep_running_batch(sab_state *st, int64_t n)
+{
+	return S(st).KeepRunningBatch(n);
+}
+int64_t sab_iterations(sab_state *st)
+{
+	return S(st).iterations();
+}
+int sab_thread_index(sab_state *st)
+{
+	return S(st).thread_index();
+}
+int sab_threads(sab_state *st)
+{
+	return S(st).threads();
+}
+void sab_set_items(sab_state *st, int64_t n)
+{
+	S(st).SetItemsProcessed(n);
+}
+void sab_pause(sab_state *st)
+{
+	S(st).PauseTiming();
+}
+void sab_resume(sab_state *st)
+{
+	S(st).ResumeTiming();
+}
 void sab_counter(sab_state *st, const char *name, double v)
 {
 	S(st).counters[name] = benchmark::Counter(v, benchmark::Counter::kAvgThreads);
 }
-void sab_label(sab_state *st, const char *label) { S(st).SetLabel(label); }
+void sab_label(sab_state *st, const char *label)
+{
+	S(st).SetLabel(label);
+}
 void sab_skip(sab_state *st, const char *msg)
 {
 	S(st).SkipWithError(msg);

@@ -32,7 +32,7 @@ extern "C" {
 typedef struct sab_state sab_state; /* a benchmark::State; never dereferenced in C */
 
 struct sab_bench {
-	const char *name;                           /* "<group>/<shape>": what --benchmark_filter sees */
+	const char *name; /* "<group>/<shape>": what --benchmark_filter sees */
 	void (*run)(sab_state *st, const void *arg); /* the body; arg is the row's arg */
 	const void *arg;
 	/* 0: one thread; N > 0: ThreadRange(1, N) (1, 2, 4, ... N); N < 0: exactly -N threads
@@ -44,14 +44,15 @@ struct sab_bench {
 extern const struct sab_bench sab_benches[];
 extern const size_t sab_nbenches;
 
-int sab_keep_running(sab_state *st);                   /* state.KeepRunning() */
-int sab_keep_running_batch(sab_state *st, int64_t n); /* state.KeepRunningBatch(n): n iterations per true */
-int64_t sab_iterations(sab_state *st);                 /* state.iterations(), after the loop */
-int sab_thread_index(sab_state *st);                   /* state.thread_index() */
-int sab_threads(sab_state *st);                        /* state.threads() */
-void sab_set_items(sab_state *st, int64_t n);          /* state.SetItemsProcessed(n): items_per_second */
-void sab_pause(sab_state *st);                         /* state.PauseTiming() */
-void sab_resume(sab_state *st);                        /* state.ResumeTiming() */
+int sab_keep_running(sab_state *st); /* state.KeepRunning() */
+int sab_keep_running_batch(sab_state *st,
+			   int64_t n);	      /* state.KeepRunningBatch(n): n iterations per true */
+int64_t sab_iterations(sab_state *st);	      /* state.iterations(), after the loop */
+int sab_thread_index(sab_state *st);	      /* state.thread_index() */
+int sab_threads(sab_state *st);		      /* state.threads() */
+void sab_set_items(sab_state *st, int64_t n); /* state.SetItemsProcessed(n): items_per_second */
+void sab_pause(sab_state *st);		      /* state.PauseTiming() */
+void sab_resume(sab_state *st);		      /* state.ResumeTiming() */
 /* state.counters[name] = v, averaged over the threads of a threaded run (kAvgThreads). */
 void sab_counter(sab_state *st, const char *name, double v);
 void sab_label(sab_state *st, const char *label); /* state.SetLabel(label) */

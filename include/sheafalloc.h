@@ -20,16 +20,16 @@ extern "C" {
 /* ---- allocation flags (per call) ---------------------------------------------------------- */
 typedef unsigned int sa_flags_t;
 
-#define SA_DEFAULT   0u        /* may wait, may map memory, may reclaim */
+#define SA_DEFAULT   0u	       /* may wait, may map memory, may reclaim */
 #define SA_NOWAIT    (1u << 0) /* never blocks, no system call; may return NULL */
-#define SA_NOFS      (1u << 1) /* reclaim may not call SA_SHRINK_FS shrinkers */
-#define SA_NOIO      (1u << 2) /* reclaim may not call SA_SHRINK_IO or SA_SHRINK_FS shrinkers */
+#define SA_NOFS	     (1u << 1) /* reclaim may not call SA_SHRINK_FS shrinkers */
+#define SA_NOIO	     (1u << 2) /* reclaim may not call SA_SHRINK_IO or SA_SHRINK_FS shrinkers */
 #define SA_NORECLAIM (1u << 3) /* no reclaim on this path; may use the emergency reserve */
 #define SA_NOFAIL    (1u << 4) /* never returns NULL; not scopable */
-#define SA_ZERO      (1u << 5) /* the object comes back zeroed */
+#define SA_ZERO	     (1u << 5) /* the object comes back zeroed */
 #define SA_NOWARN    (1u << 6) /* no message on failure */
-#define SA_HIGH      (1u << 7) /* may dip into the emergency reserve */
-#define SA_PIN       (1u << 8) /* memory from mlock'ed slabs */
+#define SA_HIGH	     (1u << 7) /* may dip into the emergency reserve */
+#define SA_PIN	     (1u << 8) /* memory from mlock'ed slabs */
 #define SA_FLAGS_ALL ((1u << 9) - 1)
 
 sa_flags_t sa_current_flags(sa_flags_t flags);
@@ -70,20 +70,22 @@ int sa_shrinker_register(struct sa_shrinker *s);
 void sa_shrinker_unregister(struct sa_shrinker *s);
 
 /* ---- caches --------------------------------------------------------------------------------- */
-#define SA_CACHE_TYPESAFE_RCU  (1u << 0) /* memory of freed objects stays of this type for RCU readers */
+#define SA_CACHE_TYPESAFE_RCU \
+	(1u << 0) /* memory of freed objects stays of this type for RCU readers */
 #define SA_CACHE_HWCACHE_ALIGN (1u << 1) /* align objects to the cache line */
-#define SA_CACHE_DEBUG         (1u << 2) /* sanity checks, red zones, poisoning for this cache */
+#define SA_CACHE_DEBUG	       (1u << 2) /* sanity checks, red zones, poisoning for this cache */
 
 struct rcu_flavor_struct;
 struct sa_cache;
 struct sa_sheaf;
 
 struct sa_cache_args {
-	size_t align;                        /* 0: natural alignment */
-	unsigned sheaf_capacity;             /* 0: chosen from the object size */
-	void (*ctor)(void *obj);             /* run when an object is first carved from a slab */
-	unsigned flags;                      /* SA_CACHE_* */
-	const struct rcu_flavor_struct *rcu; /* liburcu flavor for sa_free_rcu; NULL: urcu_memb_flavor */
+	size_t align;		 /* 0: natural alignment */
+	unsigned sheaf_capacity; /* 0: chosen from the object size */
+	void (*ctor)(void *obj); /* run when an object is first carved from a slab */
+	unsigned flags;		 /* SA_CACHE_* */
+	const struct rcu_flavor_struct
+		*rcu; /* liburcu flavor for sa_free_rcu; NULL: urcu_memb_flavor */
 };
 
 struct sa_cache *sa_cache_create(const char *name, size_t size, const struct sa_cache_args *args);
@@ -130,41 +132,42 @@ const char *sa_percpu_mode(void);
  * docs/api.md explains each; alloc_fast + alloc_slow + sheaf_alloc_objects is every object
  * handed out, free_fast + free_slow every object given back. */
 struct sa_cache_stats {
-	uint64_t alloc_fast;        /* popped from this CPU's main sheaf */
-	uint64_t alloc_slow;        /* served straight from slabs (bypass, node mismatch, stopped slot) */
-	uint64_t free_fast;         /* pushed to this CPU's main sheaf */
-	uint64_t free_slow;         /* freed straight to slabs (remote node, stopped slot, flush fallback) */
-	uint64_t spare_swap_alloc;  /* main empty, spare had objects: swapped */
-	uint64_t spare_swap_free;   /* main full, spare had room: swapped */
-	uint64_t barn_get;          /* full sheaf taken from the barn for an empty main */
-	uint64_t barn_get_fail;     /* the barn had no full sheaf */
-	uint64_t barn_put;          /* full sheaf given to the barn for an empty one */
-	uint64_t barn_put_fail;     /* the barn was at barn_max_full: flushed instead */
-	uint64_t refills;           /* sheaves refilled from slabs */
-	uint64_t refill_objects;    /* objects moved from slabs into sheaves */
-	uint64_t flushes;           /* sheaves flushed to slabs */
-	uint64_t flush_objects;     /* objects moved from sheaves back to slabs */
-	uint64_t sheaf_new;         /* sheaf structures allocated */
-	uint64_t sheaf_freed;       /* sheaf structures freed */
-	uint64_t prefill_fast;      /* prefill served by the spare or a barn full sheaf */
-	uint64_t prefill_slow;      /* prefill needed a refill from slabs */
-	uint64_t prefill_oversize;  /* prefill above the sheaf capacity */
-	uint64_t return_fast;       /* returned sheaf kept (spare or barn) */
-	uint64_t return_slow;       /* returned sheaf flushed and freed */
+	uint64_t alloc_fast; /* popped from this CPU's main sheaf */
+	uint64_t alloc_slow; /* served straight from slabs (bypass, node mismatch, stopped slot) */
+	uint64_t free_fast;  /* pushed to this CPU's main sheaf */
+	uint64_t
+		free_slow; /* freed straight to slabs (remote node, stopped slot, flush fallback) */
+	uint64_t spare_swap_alloc;    /* main empty, spare had objects: swapped */
+	uint64_t spare_swap_free;     /* main full, spare had room: swapped */
+	uint64_t barn_get;	      /* full sheaf taken from the barn for an empty main */
+	uint64_t barn_get_fail;	      /* the barn had no full sheaf */
+	uint64_t barn_put;	      /* full sheaf given to the barn for an empty one */
+	uint64_t barn_put_fail;	      /* the barn was at barn_max_full: flushed instead */
+	uint64_t refills;	      /* sheaves refilled from slabs */
+	uint64_t refill_objects;      /* objects moved from slabs into sheaves */
+	uint64_t flushes;	      /* sheaves flushed to slabs */
+	uint64_t flush_objects;	      /* objects moved from sheaves back to slabs */
+	uint64_t sheaf_new;	      /* sheaf structures allocated */
+	uint64_t sheaf_freed;	      /* sheaf structures freed */
+	uint64_t prefill_fast;	      /* prefill served by the spare or a barn full sheaf */
+	uint64_t prefill_slow;	      /* prefill needed a refill from slabs */
+	uint64_t prefill_oversize;    /* prefill above the sheaf capacity */
+	uint64_t return_fast;	      /* returned sheaf kept (spare or barn) */
+	uint64_t return_slow;	      /* returned sheaf flushed and freed */
 	uint64_t sheaf_alloc_objects; /* objects taken with sa_sheaf_alloc */
-	uint64_t remote_free;       /* objects of another node freed here (sent to their node) */
+	uint64_t remote_free;	      /* objects of another node freed here (sent to their node) */
 	uint64_t alloc_node_mismatch; /* sa_cache_alloc_node for a node other than this CPU's */
-	uint64_t alloc_fail;        /* allocations that returned NULL */
-	uint64_t slabs_allocated;   /* slabs created */
-	uint64_t slabs_freed;       /* slabs given back to the page layer */
-	uint64_t remote_fences;     /* membarrier fences (or lock rounds) for remote slot work */
-	uint64_t bind_failures;     /* node memory bindings that failed (tolerated) */
+	uint64_t alloc_fail;	      /* allocations that returned NULL */
+	uint64_t slabs_allocated;     /* slabs created */
+	uint64_t slabs_freed;	      /* slabs given back to the page layer */
+	uint64_t remote_fences;	      /* membarrier fences (or lock rounds) for remote slot work */
+	uint64_t bind_failures;	      /* node memory bindings that failed (tolerated) */
 	/* gauges */
-	uint64_t slabs;             /* slabs held now */
-	uint64_t objects_in_use;    /* handed out and not freed (allocs - frees) */
-	uint64_t bytes_held;        /* bytes of slab memory held */
-	uint64_t objects_cached;    /* free objects sitting in sheaves (per-CPU, barns) */
-	uint32_t object_size;       /* bytes between objects */
+	uint64_t slabs;		 /* slabs held now */
+	uint64_t objects_in_use; /* handed out and not freed (allocs - frees) */
+	uint64_t bytes_held;	 /* bytes of slab memory held */
+	uint64_t objects_cached; /* free objects sitting in sheaves (per-CPU, barns) */
+	uint32_t object_size;	 /* bytes between objects */
 	uint32_t sheaf_capacity;
 };
 int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *out);

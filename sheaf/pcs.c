@@ -37,7 +37,8 @@ enum { MAIN = 0, SPARE = 1 };
 static void spin_lock(uint32_t *l)
 {
 	for (unsigned n = 0;; n++) {
-		if (!__atomic_load_n(l, __ATOMIC_RELAXED) && !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
+		if (!__atomic_load_n(l, __ATOMIC_RELAXED) &&
+		    !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
 			return;
 		if (n < 100)
 			__builtin_ia32_pause();
@@ -109,7 +110,9 @@ static int fb_swap(struct sa_cache *c, int dir)
 	if (dir == DIR_ALLOC)
 		r = m->size ? SA_WHY_RETRY : sp->size ? 0 : SA_WHY_NOSPARE;
 	else
-		r = m->size < m->capacity ? SA_WHY_RETRY : sp->size < sp->capacity ? 0 : SA_WHY_NOSPARE;
+		r = m->size < m->capacity     ? SA_WHY_RETRY
+		    : sp->size < sp->capacity ? 0
+					      : SA_WHY_NOSPARE;
 	if (r == 0) {
 		__atomic_store_n(&slot->sh[0], sp, __ATOMIC_RELAXED);
 		__atomic_store_n(&slot->sh[1], m, __ATOMIC_RELAXED);
@@ -213,7 +216,8 @@ void sa_pcs_stats_racy(struct sa_cache *c, uint64_t *allocs, uint64_t *frees, ui
 				continue;
 			uint64_t st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
 			int64_t size = (uint32_t)st, t = (int64_t)(st >> 32);
-			int64_t d = (int64_t)__atomic_load_n(&s->install_size, __ATOMIC_RELAXED) - size;
+			int64_t d =
+				(int64_t)__atomic_load_n(&s->install_size, __ATOMIC_RELAXED) - size;
 			if (t + d >= 0 && t - d >= 0) {
 				a += (uint64_t)(t + d) / 2;
 				f += (uint64_t)(t - d) / 2;

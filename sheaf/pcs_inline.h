@@ -14,7 +14,8 @@
 #error "sheafalloc: only x86_64 has rseq sections so far (sheaf/arch/)"
 #endif
 
-extern long sa_rseq_off __attribute__((visibility("hidden"))); /* thread-pointer offset of the rseq area the sections use */
+extern long sa_rseq_off __attribute__((
+	visibility("hidden"))); /* thread-pointer offset of the rseq area the sections use */
 
 enum sa_pcs_mode { SA_PCS_UNDECIDED, SA_PCS_RSEQ_GLIBC, SA_PCS_RSEQ_OWN, SA_PCS_FALLBACK };
 extern int sa_pcs_mode __attribute__((visibility("hidden")));

@@ -65,7 +65,8 @@ void sa_pcs_init_mode(void)
 		return;
 	sa_rseq_off = own_off();
 	if (sa_opt.percpu_fallback) {
-		snprintf(mode_str, sizeof(mode_str), "fallback: percpu=fallback in SHEAFALLOC_OPTIONS");
+		snprintf(mode_str, sizeof(mode_str),
+			 "fallback: percpu=fallback in SHEAFALLOC_OPTIONS");
 		sa_pcs_mode = SA_PCS_FALLBACK;
 		return;
 	}
@@ -120,7 +121,8 @@ int sa_pcs_current_cpu(void)
 void sa_rseq_fence_all(void)
 {
 	if (membarrier_state == 0) {
-		long r = syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+		long r = syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0,
+				 0);
 		__atomic_store_n(&membarrier_state, r == 0 ? 1 : -1, __ATOMIC_RELAXED);
 	}
 	if (membarrier_state == 1 &&

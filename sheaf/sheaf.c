@@ -20,7 +20,8 @@ struct sa_sheaf sa_sheaf_sentinel = {.state = 0, .capacity = 0, .node = -1};
 
 struct sa_sheaf *sa_sheaf_new(struct sa_cache *c, unsigned capacity, int node, sa_flags_t flags)
 {
-	struct sa_sheaf *s = sa_meta_alloc_flags(SA_SHEAF_HDR + (size_t)capacity * sizeof(void *), flags);
+	struct sa_sheaf *s =
+		sa_meta_alloc_flags(SA_SHEAF_HDR + (size_t)capacity * sizeof(void *), flags);
 	if (!s)
 		return NULL;
 	s->capacity = capacity;
@@ -186,8 +187,8 @@ SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, u
 	if (!s) {
 		sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
 		if (!(flags & SA_NOWARN))
-			sa_msg("sheafalloc: cache '%s': cannot prefill a sheaf of %u objects\n", c->name,
-			       count);
+			sa_msg("sheafalloc: cache '%s': cannot prefill a sheaf of %u objects\n",
+			       c->name, count);
 		errno = ENOMEM;
 		return NULL;
 	}

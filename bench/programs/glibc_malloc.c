@@ -28,13 +28,34 @@ extern void *__libc_pvalloc(size_t size);
 
 #define API __attribute__((visibility("default")))
 
-API void *malloc(size_t size) { return __libc_malloc(size); }
-API void free(void *p) { __libc_free(p); }
-API void *calloc(size_t n, size_t size) { return __libc_calloc(n, size); }
-API void *realloc(void *p, size_t size) { return __libc_realloc(p, size); }
-API void *memalign(size_t align, size_t size) { return __libc_memalign(align, size); }
-API void *valloc(size_t size) { return __libc_valloc(size); }
-API void *pvalloc(size_t size) { return __libc_pvalloc(size); }
+API void *malloc(size_t size)
+{
+	return __libc_malloc(size);
+}
+API void free(void *p)
+{
+	__libc_free(p);
+}
+API void *calloc(size_t n, size_t size)
+{
+	return __libc_calloc(n, size);
+}
+API void *realloc(void *p, size_t size)
+{
+	return __libc_realloc(p, size);
+}
+API void *memalign(size_t align, size_t size)
+{
+	return __libc_memalign(align, size);
+}
+API void *valloc(size_t size)
+{
+	return __libc_valloc(size);
+}
+API void *pvalloc(size_t size)
+{
+	return __libc_pvalloc(size);
+}
 
 API void *aligned_alloc(size_t align, size_t size)
 {
