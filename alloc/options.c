@@ -228,8 +228,22 @@ void sa_options_print(int fd)
 			v = (unsigned long long)*(int *)d->ptr;
 			break;
 		}
-		int n = snprintf(buf, sizeof(buf), "sheafalloc: option %-15s = %llu  (%s)\n",
-				 d->name, v, d->doc);
+		char val[32];
+		if (d->type == OPT_ENUM) {
+			/* the value's name: the v-th '|'-separated word */
+			const char *p = d->values;
+			for (unsigned long long k = 0; k < v && p; k++) {
+				p = strchr(p, '|');
+				if (p)
+					p++;
+			}
+			size_t l = p ? strcspn(p, "|") : 0;
+			snprintf(val, sizeof(val), "%.*s", (int)l, p ? p : "");
+		} else {
+			snprintf(val, sizeof(val), "%llu", v);
+		}
+		int n = snprintf(buf, sizeof(buf), "sheafalloc: option %-15s = %s  (%s)\n", d->name,
+				 val, d->doc);
 		if (n > 0) {
 			ssize_t w = write(fd, buf,
 					  (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
