@@ -172,9 +172,13 @@ static int pcs_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int
 {
 	if (sa_pcs_mode == SA_PCS_FALLBACK)
 		return fb_xchg(c, which, nw, node, oldp);
+	/* a sheaf changes hands through the slot: tell TSan, which cannot see the section */
+	SA_TSAN_RELEASE(nw);
 	int r = sa_rseq_xchg(c->slots, sa_rseq_off, which, nw, node, oldp);
 	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
 		r = sa_rseq_xchg(c->slots, sa_rseq_off, which, nw, node, oldp);
+	if (r == 0)
+		SA_TSAN_ACQUIRE(*oldp);
 	return r;
 }
 
@@ -466,6 +470,8 @@ void sa_pcs_drain(struct sa_cache *c)
 			spin_lock(&slot->lock);
 		for (int i = 0; i < 2; i++) {
 			s[i] = slot->sh[i];
+			if (rseq)
+				SA_TSAN_ACQUIRE(s[i]);
 			__atomic_store_n(&slot->sh[i], &sa_sheaf_sentinel, __ATOMIC_RELAXED);
 		}
 		if (!rseq)

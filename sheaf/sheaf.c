@@ -49,6 +49,11 @@ unsigned sa_sheaf_fill(struct sa_cache *c, struct sa_sheaf *s, unsigned upto, sa
 	if (s->size >= upto)
 		return 0;
 	unsigned got = sa_slab_refill(c, s->node, &s->objects[s->size], upto - s->size, flags);
+#ifdef SA_TSAN
+	/* objects fresh from a slab will be popped in sections: give their pops an edge */
+	for (uint32_t i = s->size; i < s->size + got; i++)
+		SA_TSAN_RELEASE(s->objects[i]);
+#endif
 	s->size += got;
 	if (got) {
 		sa_stat_add(c, SA_STAT_REFILL, 1);
@@ -61,6 +66,11 @@ void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s)
 {
 	if (s->size == 0)
 		return;
+#ifdef SA_TSAN
+	/* the objects were pushed in rseq sections TSan cannot see: take over their release */
+	for (uint32_t i = 0; i < s->size; i++)
+		SA_TSAN_ACQUIRE(s->objects[i]);
+#endif
 	sa_slab_free_batch(c, s->node, s->objects, s->size);
 	sa_stat_add(c, SA_STAT_FLUSH, 1);
 	sa_stat_add(c, SA_STAT_FLUSH_OBJECTS, s->size);
@@ -202,6 +212,7 @@ SA_API void *sa_sheaf_alloc(struct sa_cache *c, sa_flags_t flags, struct sa_shea
 	if (SA_UNLIKELY(!sheaf || sheaf->size == 0))
 		return NULL;
 	void *obj = sheaf->objects[--sheaf->size];
+	SA_TSAN_ACQUIRE(obj);
 	sheaf->taken++;
 	if (flags & SA_ZERO)
 		memset(obj, 0, c->size);

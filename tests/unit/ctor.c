@@ -53,7 +53,9 @@ static void run_ctor_case(size_t size)
 	cur_size = size;
 	/* one CPU throughout: objects cached in another CPU's sheaves after a migration would
 	 * (rightly) make this CPU carve a new slab, which the counts below do not expect */
-	pin_to_cpu(0);
+	cpu_set_t saved_affinity;
+	allowed_cpus(&saved_affinity);
+	pin_to_cpu(first_allowed_cpu());
 	struct sa_cache *c = sa_cache_create(name, size, &a);
 	assert_non_null(c);
 	assert_int_equal(ctor_calls, 0); /* nothing carved yet */
@@ -148,6 +150,7 @@ static void run_ctor_case(size_t size)
 			 (st.slabs_allocated - slabs_alloc_before) * c->slab_objs);
 	sa_cache_free(c, p);
 	sa_cache_destroy(c);
+	set_affinity(&saved_affinity);
 }
 
 static void test_ctor_8(void **state)
