@@ -120,12 +120,12 @@ int sa_pcs_current_cpu(void)
  */
 void sa_rseq_fence_all(void)
 {
-	if (membarrier_state == 0) {
+	if (__atomic_load_n(&membarrier_state, __ATOMIC_RELAXED) == 0) {
 		long r = syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0,
 				 0);
 		__atomic_store_n(&membarrier_state, r == 0 ? 1 : -1, __ATOMIC_RELAXED);
 	}
-	if (membarrier_state == 1 &&
+	if (__atomic_load_n(&membarrier_state, __ATOMIC_RELAXED) == 1 &&
 	    syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0)
 		return;
 	cpu_set_t old, one;

@@ -6,13 +6,13 @@
 #   quick  every unit, integration and preload binary in every per-CPU mode (rseq registered by
 #          glibc, rseq registered by the library with GLIBC_TUNABLES=glibc.pthread.rseq=0,
 #          percpu=fallback), the shell tests, the stress tests for a few seconds per mode
-#          (rseq, fallback, rseq on a synthetic 2-node topology) (~30 s on 2 cores)
-#   long   the quick set, then the stress tests 60 s per mode (the fork test half that; plus 12
+#          (rseq, fallback, rseq on a synthetic 2-node topology) (~100 s on 2 cores)
+#   long   the quick set, then the stress tests 60 s per mode (fork and big_sheaves less; plus 12
 #          threads, and a synthetic two-node topology with tiny sheaves/barns), the unit and
 #          integration binaries again in both modes, every unit test under valgrind (which forces
 #          the fallback mode: rseq is ENOSYS there), and, where the toolchain supports them, the
 #          unit, integration and stress tests built with ASan+UBSan (build-address/) and TSan
-#          (build-thread/, tests/tsan.supp) by `make SAN=... tests-build` (~12 min on 2 cores)
+#          (build-thread/, tests/tsan.supp) by `make SAN=... tests-build` (~15 min on 2 cores)
 #
 # Counting: each binary's cmocka summary lines "[  PASSED  ] N test(s)." and
 # "[  FAILED  ] N test(s)" are added up; a binary that crashes, times out, or exits non-zero
@@ -195,13 +195,18 @@ run_shell_tests() {
 	done
 }
 
-# Seconds for one stress binary: the fork and big-sheaf tests get half (they need many forks /
-# sheaf turnovers, not a long run).
+# Seconds for one stress binary: the fork test gets a third (it needs many forks, not a long
+# run), big_sheaves (two scenarios, each reproduces within a second when broken) a quarter, at
+# most 5 s.
 secs_for() { # binary seconds
+	local s
 	case "$(basename "$1")" in
-	fork | big_sheaves) echo $(($2 / 2 > 2 ? $2 / 2 : 2)) ;;
-	*) echo "$2" ;;
+	fork) s=$(($2 / 3)) ;;
+	big_sheaves) s=$(($2 / 4)); [ "$s" -gt 5 ] && s=5 ;;
+	*) s=$2 ;;
 	esac
+	[ "$s" -lt 2 ] && s=2
+	echo "$s"
 }
 
 # Extra TSAN_OPTIONS for a binary: the fork tests trip TSan's deadlock detector, which cannot

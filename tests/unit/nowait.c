@@ -26,8 +26,8 @@
 #include <time.h>
 #include <ucontext.h>
 
-#define HOLD_MS 1500
-#define MAX_WAIT_MS 500 /* a NOWAIT call that takes longer than this waited */
+#define HOLD_MS 700
+#define MAX_WAIT_MS 350 /* a NOWAIT call that takes longer than this waited */
 
 static cpu_set_t saved;
 static int cpu;
