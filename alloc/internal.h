@@ -274,25 +274,25 @@ void sa_meta_atfork(int phase); /* 0: lock (prepare), 1: unlock (parent, child) 
 
 /* segments and units (alloc/segment.c) */
 extern uint64_t sa_segmap[1ul << (SA_ADDR_BITS - SA_SEG_SHIFT - 6)];
+/* Is p inside one of our segments? (its bit in sa_segmap: set before the segment is used) */
+static inline bool sa_segmap_has(uintptr_t a)
+{
+	uintptr_t i = a >> SA_SEG_SHIFT;
+	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
+		return false;
+	return __atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63));
+}
 static inline struct sa_segment *sa_segment_of(const void *p)
 {
 	uintptr_t a = (uintptr_t)p;
-	uintptr_t i = a >> SA_SEG_SHIFT;
-	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
-		return NULL;
-	if (SA_UNLIKELY(
-		    !(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
+	if (SA_UNLIKELY(!sa_segmap_has(a)))
 		return NULL;
 	return (struct sa_segment *)(a & ~(SA_SEG_SIZE - 1));
 }
 static inline struct sa_slab *sa_slab_of(const void *p)
 {
 	uintptr_t a = (uintptr_t)p;
-	uintptr_t i = a >> SA_SEG_SHIFT;
-	if (SA_UNLIKELY(a >> SA_ADDR_BITS))
-		return NULL;
-	if (SA_UNLIKELY(
-		    !(__atomic_load_n(&sa_segmap[i >> 6], __ATOMIC_RELAXED) & (1ull << (i & 63)))))
+	if (SA_UNLIKELY(!sa_segmap_has(a)))
 		return NULL;
 	/* &segment->slabs[unit]: the header is 64 bytes, each slab record 64 bytes */
 	return (struct sa_slab *)((a & ~(SA_SEG_SIZE - 1)) + 64 +
