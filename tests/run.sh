@@ -312,7 +312,7 @@ if [ "$SET" = long ]; then
 			if setarch "$(uname -m)" -R true >/dev/null 2>&1; then
 				WRAPT="setarch $(uname -m) -R"
 			fi
-			TSAN_BASE="halt_on_error=0:second_deadlock_stack=1:report_thread_leaks=0:suppressions=$PWD/tests/tsan.supp"
+			TSAN_BASE="halt_on_error=0:second_deadlock_stack=1:report_thread_leaks=0:history_size=7:suppressions=$PWD/tests/tsan.supp"
 			for mode in "${MODES[@]}"; do
 				for bin in $(B=$SB bins unit) $(B=$SB bins integration); do
 					run_one "${bin#"$SB"/tests/} [tsan, $mode]" 300 $(mode_env "$mode") B="$SB" \
