@@ -311,6 +311,7 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units);
 size_t sa_segment_purge(int force); /* madvise dirty free units; force: all of them now */
 size_t sa_segment_dirty_bytes(void);
 void sa_segmap_set(const void *seg, int on);
+char *sa_map_aligned(size_t len, size_t align, int prot);
 uint64_t sa_segment_bind_failures(void);
 size_t sa_segment_mapped_bytes(void);
 size_t sa_segment_resident_bytes(void);

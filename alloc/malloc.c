@@ -139,22 +139,15 @@ static void *aligned_huge_alloc(size_t size, size_t align)
 		return NULL;
 	}
 	size_t len = (size + SA_PAGE - 1) & ~(SA_PAGE - 1);
-	size_t span = len + align;
 	struct aligned_huge *h = sa_meta_alloc(sizeof(*h));
 	if (!h)
 		return NULL;
-	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (m == MAP_FAILED) {
+	char *a = sa_map_aligned(len, align, PROT_READ | PROT_WRITE);
+	if (!a) {
 		sa_meta_free(h, sizeof(*h));
 		errno = ENOMEM;
 		return NULL;
 	}
-	char *a = (char *)(((uintptr_t)m + align - 1) & ~(uintptr_t)(align - 1));
-	if (a > m)
-		munmap(m, (size_t)(a - m));
-	if (a + len < m + span)
-		munmap(a + len, (size_t)(m + span - (a + len)));
 	h->p = h->base = a;
 	h->len = len;
 	pthread_mutex_lock(&aligned_lock);
@@ -210,18 +203,11 @@ static void *huge_alloc(size_t size, size_t align)
 		return NULL;
 	}
 	size_t len = (off + size + SA_PAGE - 1) & ~(SA_PAGE - 1);
-	size_t span = len + SA_SEG_SIZE;
-	char *m = mmap(NULL, span, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (m == MAP_FAILED) {
+	char *a = sa_map_aligned(len, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
+	if (!a) {
 		errno = ENOMEM;
 		return NULL;
 	}
-	char *a = (char *)(((uintptr_t)m + SA_SEG_SIZE - 1) & ~(SA_SEG_SIZE - 1));
-	if (a > m)
-		munmap(m, (size_t)(a - m));
-	if (a + len < m + span)
-		munmap(a + len, (size_t)(m + span - (a + len)));
 	struct sa_segment *seg = (struct sa_segment *)a;
 	seg->magic = SA_HUGE_MAGIC;
 	seg->node = sa_pcs_current_node(sa_class_cache[0]);
@@ -362,23 +348,17 @@ static void *huge_realloc(void *p, size_t size)
 		atomic_fetch_add(&huge_bytes, nlen - len);
 		return p;
 	}
-	/* move the pages (no copy) to a new 4 MiB-aligned place */
-	size_t span = nlen + SA_SEG_SIZE;
-	char *m = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (m == MAP_FAILED)
+	/* move the pages (no copy) into a reserved 4 MiB-aligned place */
+	char *a = sa_map_aligned(nlen, SA_SEG_SIZE, PROT_NONE);
+	if (!a)
 		return NULL;
-	char *a = (char *)(((uintptr_t)m + SA_SEG_SIZE - 1) & ~(SA_SEG_SIZE - 1));
 	sa_segmap_set(seg, 0);
 	void *r = mremap(seg, len, nlen, MREMAP_MAYMOVE | MREMAP_FIXED, a);
 	if (r == MAP_FAILED) {
 		sa_segmap_set(seg, 1);
-		munmap(m, span);
+		munmap(a, nlen);
 		return NULL;
 	}
-	if (a > m)
-		munmap(m, (size_t)(a - m));
-	if (a + nlen < m + span)
-		munmap(a + nlen, (size_t)(m + span - (a + nlen)));
 	struct sa_segment *ns = (struct sa_segment *)a;
 	ns->huge_len = nlen;
 	atomic_fetch_add(&huge_bytes, nlen - len);

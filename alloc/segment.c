@@ -73,18 +73,33 @@ size_t sa_segment_resident_bytes(void)
 	       atomic_load(&units_used) * SA_UNIT_SIZE + atomic_load(&dirty_bytes);
 }
 
+/* len bytes mapped at an address aligned to align (a power of two, at least a page), or NULL:
+ * map len + align, then unmap the head and the tail around the aligned part. */
+char *sa_map_aligned(size_t len, size_t align, int prot)
+{
+	size_t span = len + align;
+	char *m = mmap(NULL, span, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (m == MAP_FAILED)
+		return NULL;
+	char *a = (char *)(((uintptr_t)m + align - 1) & ~(uintptr_t)(align - 1));
+	if (a > m)
+		munmap(m, (size_t)(a - m));
+	if (a + len < m + span)
+		munmap(a + len, (size_t)(m + span - (a + len)));
+	return a;
+}
+
+/* The bits of units [at, at + n) of a segment's unit bitmap. */
+static uint64_t unit_mask(unsigned at, unsigned n)
+{
+	return (n == 64 ? ~0ull : ((1ull << n) - 1)) << at;
+}
+
 static struct sa_segment *segment_map(int node, _Atomic uint64_t *bind_failures)
 {
-	size_t span = 2 * SA_SEG_SIZE;
-	char *p = mmap(NULL, span, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
+	char *a = sa_map_aligned(SA_SEG_SIZE, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
+	if (!a)
 		return NULL;
-	char *a = (char *)(((uintptr_t)p + SA_SEG_SIZE - 1) & ~(SA_SEG_SIZE - 1));
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	if (a + SA_SEG_SIZE < p + span)
-		munmap(a + SA_SEG_SIZE, (size_t)(p + span - (a + SA_SEG_SIZE)));
 	if ((uintptr_t)a >> SA_ADDR_BITS) { /* beyond the map (5-level paging hint): refuse */
 		munmap(a, SA_SEG_SIZE);
 		return NULL;
@@ -120,7 +135,7 @@ static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units)
 	int at = find_run(seg->free_units, units);
 	if (at < 0)
 		return NULL;
-	uint64_t mask = (units == 64 ? ~0ull : ((1ull << units) - 1)) << at;
+	uint64_t mask = unit_mask(at, units);
 	seg->free_units &= ~mask;
 	seg->nfree -= units;
 	atomic_fetch_add(&units_used, units);
@@ -192,7 +207,7 @@ void sa_segment_free_units(struct sa_slab *head)
 		u->nunits = 0;
 		u->on_partial = 0;
 	}
-	uint64_t mask = (units == 64 ? ~0ull : ((1ull << units) - 1)) << at;
+	uint64_t mask = unit_mask(at, units);
 	struct sa_pages *pg = &pages[seg->node];
 	pthread_mutex_lock(&pg->lock);
 	seg->free_units |= mask;
@@ -219,7 +234,7 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units)
 		return -1;
 	struct sa_pages *pg = &pages[seg->node];
 	if (units > old) {
-		uint64_t mask = ((1ull << (units - old)) - 1) << (at + old);
+		uint64_t mask = unit_mask(at + old, units - old);
 		pthread_mutex_lock(&pg->lock);
 		if ((seg->free_units & mask) != mask) {
 			pthread_mutex_unlock(&pg->lock);
@@ -248,7 +263,7 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units)
 	}
 	for (unsigned i = 0; i < units; i++)
 		head[i].nunits = (uint16_t)units;
-	uint64_t mask = ((1ull << (old - units)) - 1) << (at + units);
+	uint64_t mask = unit_mask(at + units, old - units);
 	pthread_mutex_lock(&pg->lock);
 	seg->free_units |= mask;
 	seg->dirty_units |= mask;
@@ -288,7 +303,7 @@ size_t sa_segment_purge(int force)
 					len = 64 - at;
 				madvise((char *)seg + (size_t)at * SA_UNIT_SIZE,
 					(size_t)len * SA_UNIT_SIZE, MADV_DONTNEED);
-				m &= ~((len == 64 ? ~0ull : ((1ull << len) - 1)) << at);
+				m &= ~unit_mask(at, len);
 			}
 			pthread_mutex_lock(&pg->lock);
 			seg->dirty_units &= ~take;

@@ -109,17 +109,16 @@ static void out_flush(struct outbuf *o)
 	o->n = 0;
 }
 
-#define STAT_FIELDS(X)                                                                             \
-	X(alloc_fast)                                                                              \
-	X(alloc_slow) X(free_fast) X(free_slow) X(spare_swap_alloc) X(spare_swap_free) X(barn_get) \
-		X(barn_get_fail) X(barn_put) X(barn_put_fail) X(refills) X(refill_objects)         \
-			X(flushes) X(flush_objects) X(sheaf_new) X(sheaf_freed) X(prefill_fast) X( \
-				prefill_slow) X(prefill_oversize) X(return_fast) X(return_slow)    \
-				X(sheaf_alloc_objects) X(remote_free) X(alloc_node_mismatch)       \
-					X(alloc_fail) X(slabs_allocated) X(slabs_freed)            \
-						X(remote_fences) X(bind_failures) X(slabs)         \
-							X(objects_in_use) X(bytes_held)            \
-								X(objects_cached)
+/* clang-format off */
+#define STAT_FIELDS(X) \
+	X(alloc_fast) X(alloc_slow) X(free_fast) X(free_slow) X(spare_swap_alloc) \
+	X(spare_swap_free) X(barn_get) X(barn_get_fail) X(barn_put) X(barn_put_fail) \
+	X(refills) X(refill_objects) X(flushes) X(flush_objects) X(sheaf_new) X(sheaf_freed) \
+	X(prefill_fast) X(prefill_slow) X(prefill_oversize) X(return_fast) X(return_slow) \
+	X(sheaf_alloc_objects) X(remote_free) X(alloc_node_mismatch) X(alloc_fail) \
+	X(slabs_allocated) X(slabs_freed) X(remote_fences) X(bind_failures) X(slabs) \
+	X(objects_in_use) X(bytes_held) X(objects_cached)
+/* clang-format on */
 
 static void print_all(int fd, int json)
 {

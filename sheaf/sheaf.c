@@ -62,6 +62,13 @@ unsigned sa_sheaf_fill(struct sa_cache *c, struct sa_sheaf *s, unsigned upto, sa
 	return got;
 }
 
+/* Refill s to its capacity, as far as the slabs (and flags) allow. */
+static void fill_full(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t flags)
+{
+	while (s->size < s->capacity && sa_sheaf_fill(c, s, s->capacity, flags))
+		;
+}
+
 void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s)
 {
 	if (s->size == 0)
@@ -183,8 +190,7 @@ SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, u
 		}
 		if (s && s->size < count) {
 			sa_stat_add(c, SA_STAT_PREFILL_SLOW, 1);
-			while (s->size < s->capacity && sa_sheaf_fill(c, s, s->capacity, flags))
-				;
+			fill_full(c, s, flags);
 			if (s->size < count) {
 				sa_sheaf_flush(c, s);
 				sa_sheaf_dispose(c, s);
@@ -236,8 +242,7 @@ SA_API int sa_sheaf_refill(struct sa_cache *c, sa_flags_t flags, struct sa_sheaf
 	if (s->size >= count)
 		return 0;
 	if (count <= s->capacity) {
-		while (s->size < s->capacity && sa_sheaf_fill(c, s, s->capacity, flags))
-			;
+		fill_full(c, s, flags);
 		return s->size >= count ? 0 : -ENOMEM;
 	}
 	struct sa_sheaf *n = sa_sheaf_prefill(c, flags | SA_NOWARN, count);
@@ -262,8 +267,7 @@ SA_API void sa_sheaf_return(struct sa_cache *c, sa_flags_t flags, struct sa_shea
 		sa_stat_add(c, SA_STAT_RETURN_SLOW, 1);
 		struct sa_barn *b = &c->nodes[s->node]->barn;
 		if (sa_barn_nr_full_racy(b) < c->barn_max_full) {
-			while (s->size < s->capacity && sa_sheaf_fill(c, s, s->capacity, flags))
-				;
+			fill_full(c, s, flags);
 			if (s->size == s->capacity) {
 				sa_barn_put_full(b, s);
 				sa_stat_add(c, SA_STAT_BARN_PUT, 1);

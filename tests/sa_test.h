@@ -197,17 +197,18 @@ static inline void assert_stats_consistent(struct sa_cache *c, uint64_t expect_i
 	    s.objects_in_use + s.objects_cached != slab_out ||
 	    s.refill_objects + s.alloc_slow - s.flush_objects - s.free_slow != slab_out ||
 	    s.slabs_allocated - s.slabs_freed != s.slabs)
-		print_error("cache %s: expect in_use %llu; stats: alloc_fast %llu alloc_slow %llu "
-			    "sheaf_alloc %llu free_fast %llu free_slow %llu in_use %llu cached %llu "
-			    "refill_obj %llu flush_obj %llu slab_out %llu slabs %llu (+%llu -%llu)\n",
-			    sa_cache_name(c), (unsigned long long)expect_in_use,
-			    (unsigned long long)s.alloc_fast, (unsigned long long)s.alloc_slow,
-			    (unsigned long long)s.sheaf_alloc_objects, (unsigned long long)s.free_fast,
-			    (unsigned long long)s.free_slow, (unsigned long long)s.objects_in_use,
-			    (unsigned long long)s.objects_cached, (unsigned long long)s.refill_objects,
-			    (unsigned long long)s.flush_objects, (unsigned long long)slab_out,
-			    (unsigned long long)s.slabs, (unsigned long long)s.slabs_allocated,
-			    (unsigned long long)s.slabs_freed);
+		print_error(
+			"cache %s: expect in_use %llu; stats: alloc_fast %llu alloc_slow %llu "
+			"sheaf_alloc %llu free_fast %llu free_slow %llu in_use %llu cached %llu "
+			"refill_obj %llu flush_obj %llu slab_out %llu slabs %llu (+%llu -%llu)\n",
+			sa_cache_name(c), (unsigned long long)expect_in_use,
+			(unsigned long long)s.alloc_fast, (unsigned long long)s.alloc_slow,
+			(unsigned long long)s.sheaf_alloc_objects, (unsigned long long)s.free_fast,
+			(unsigned long long)s.free_slow, (unsigned long long)s.objects_in_use,
+			(unsigned long long)s.objects_cached, (unsigned long long)s.refill_objects,
+			(unsigned long long)s.flush_objects, (unsigned long long)slab_out,
+			(unsigned long long)s.slabs, (unsigned long long)s.slabs_allocated,
+			(unsigned long long)s.slabs_freed);
 	assert_int_equal(stats_out(&s) - stats_in(&s), expect_in_use);
 	assert_int_equal(s.objects_in_use, expect_in_use);
 	assert_int_equal(s.objects_in_use + s.objects_cached, slab_out);

@@ -153,12 +153,12 @@ static void job_alloc_other_node(struct job *j)
 		j->objs[i] = cpu_node_job_alloc_node(j, 1 - j->cpu);
 }
 
-#define NEED_TWO_CPUS()                                                                           \
-	do {                                                                                      \
-		if (!have_two_cpus()) {                                                           \
-			print_message("fewer than 2 usable CPUs (0 and 1): skipped\n");           \
-			skip();                                                                   \
-		}                                                                                 \
+#define NEED_TWO_CPUS()                                                                 \
+	do {                                                                            \
+		if (!have_two_cpus()) {                                                 \
+			print_message("fewer than 2 usable CPUs (0 and 1): skipped\n"); \
+			skip();                                                         \
+		}                                                                       \
 	} while (0)
 
 static void test_two_nodes(void **state)
@@ -292,8 +292,9 @@ static void test_bind_failures_tolerated(void **state)
 	run_on_cpu(&j0);
 	run_on_cpu(&j1);
 	struct sa_cache_stats s = get_stats(c);
-	print_message("bind_failures %llu (segments of this cache's slabs that could not be bound)\n",
-		      (unsigned long long)s.bind_failures);
+	print_message(
+		"bind_failures %llu (segments of this cache's slabs that could not be bound)\n",
+		(unsigned long long)s.bind_failures);
 	/* hwloc cannot bind memory to the nodes of a synthetic topology */
 	if (!getenv("HWLOC_THISSYSTEM"))
 		assert_true(s.bind_failures > 0);
@@ -378,12 +379,14 @@ static void test_alloc_node_under_migration(void **state)
 	}
 	atomic_store(&m.stop, 1);
 	pthread_join(t, NULL);
-	print_message("%ld sa_cache_alloc_node calls under forced migration, %ld on the wrong node\n",
-		      m.calls, m.wrong);
+	print_message(
+		"%ld sa_cache_alloc_node calls under forced migration, %ld on the wrong node\n",
+		m.calls, m.wrong);
 	if (m.wrong)
-		print_error("sa_cache_alloc_node(node %d) returned an object of node %d (the thread "
-			    "migrated during the call)\n",
-			    m.first_want, m.first_got);
+		print_error(
+			"sa_cache_alloc_node(node %d) returned an object of node %d (the thread "
+			"migrated during the call)\n",
+			m.first_want, m.first_got);
 	assert_int_equal(m.wrong, 0);
 	assert_stats_consistent(m.c, 0);
 	sa_cache_destroy(m.c);

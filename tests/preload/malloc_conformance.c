@@ -58,19 +58,19 @@ static size_t (*sa_memory_held_fn)(void);
 static int on_sheafalloc; /* every name of the family resolves to libsheafalloc_malloc.so */
 static char identity_why[1024];
 
-#define PAGE 4096ul
+#define PAGE   4096ul
 #define KiB(x) ((size_t)(x) << 10)
 #define MiB(x) ((size_t)(x) << 20)
 
 /* check with a message; fail() names file and line */
-#define CHECK(cond, ...)                                                                        \
-	do {                                                                                    \
-		if (!(cond)) {                                                                  \
-			print_error("check failed: %s\n    ", #cond);                           \
-			print_error(__VA_ARGS__);                                               \
-			print_error("\n");                                                      \
-			fail();                                                                 \
-		}                                                                               \
+#define CHECK(cond, ...)                                              \
+	do {                                                          \
+		if (!(cond)) {                                        \
+			print_error("check failed: %s\n    ", #cond); \
+			print_error(__VA_ARGS__);                     \
+			print_error("\n");                            \
+			fail();                                       \
+		}                                                     \
 	} while (0)
 
 static size_t opaque(size_t x)
@@ -219,8 +219,8 @@ static int libc_at_least(int maj, int min)
 
 /* ------------------------------------------------------------------ identity ---------------- */
 static const char *const family[] = {
-	"malloc",        "free",           "calloc",   "realloc", "reallocarray",       "aligned_alloc",
-	"posix_memalign", "memalign",      "valloc",   "pvalloc", "malloc_usable_size", "malloc_trim",
+	"malloc",	  "free",     "calloc", "realloc", "reallocarray",	 "aligned_alloc",
+	"posix_memalign", "memalign", "valloc", "pvalloc", "malloc_usable_size", "malloc_trim",
 };
 
 static int lib_of(void *sym, char *buf, size_t len)
@@ -261,13 +261,14 @@ static int probe_identity(void)
 		}
 	}
 	/* the pointers this program calls through (its GOT) */
-	void *mine[] = {(void *)f_malloc,        (void *)f_free,    (void *)f_calloc,
-			(void *)f_realloc,       (void *)f_usable,  (void *)f_posix_memalign,
+	void *mine[] = {(void *)f_malloc,	 (void *)f_free,    (void *)f_calloc,
+			(void *)f_realloc,	 (void *)f_usable,  (void *)f_posix_memalign,
 			(void *)f_aligned_alloc, (void *)f_memalign};
 	for (size_t i = 0; i < sizeof(mine) / sizeof(mine[0]); i++) {
 		if (lib_of(mine[i], lib, sizeof(lib)) != 0 || strcmp(lib, salib) != 0) {
 			snprintf(identity_why, sizeof(identity_why),
-				 "this program's pointer #%zu of the family resolves to '%s'", i, lib);
+				 "this program's pointer #%zu of the family resolves to '%s'", i,
+				 lib);
 			return 0;
 		}
 	}
@@ -329,7 +330,8 @@ static void test_malloc_zero_and_free_null(void **state)
 		assert_non_null(p);
 		errno = 4321;
 		f_free(p);
-		CHECK(errno == 4321, "free of a %zu-byte block changed errno to %d", kinds[i], errno);
+		CHECK(errno == 4321, "free of a %zu-byte block changed errno to %d", kinds[i],
+		      errno);
 	}
 }
 
@@ -380,10 +382,9 @@ static void verify_batch(struct blk *b, size_t n, const char *when)
 }
 
 static const size_t class_sizes[] = {
-	16,    32,    48,    64,    80,    96,    112,   128,   160,   192,
-	224,   256,   320,   384,   448,   512,   640,   768,   896,   1024,
-	1280,  1536,  1792,  2048,  2560,  3072,  3584,  4096,  5120,  6144,
-	7168,  8192,  10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
+	16,   32,   48,	  64,	80,    96,    112,   128,   160,   192,	  224,	 256,	320,  384,
+	448,  512,  640,  768,	896,   1024,  1280,  1536,  1792,  2048,  2560,	 3072,	3584, 4096,
+	5120, 6144, 7168, 8192, 10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
 };
 #define NCLASS (sizeof(class_sizes) / sizeof(class_sizes[0]))
 
@@ -402,8 +403,8 @@ static void test_malloc_sizes(void **state)
 		sizes[n++] = class_sizes[i];
 		sizes[n++] = class_sizes[i] + 1;
 	}
-	size_t extra[] = {KiB(64) - 1, KiB(64), KiB(64) + 1, KiB(128) - 1, KiB(128) + 1,
-			  MiB(1),      MiB(2) - 1, MiB(2),     MiB(2) + 1,    MiB(4) - 1};
+	size_t extra[] = {KiB(64) - 1, KiB(64),	   KiB(64) + 1, KiB(128) - 1, KiB(128) + 1,
+			  MiB(1),      MiB(2) - 1, MiB(2),	MiB(2) + 1,   MiB(4) - 1};
 	for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++)
 		sizes[n++] = extra[i];
 	assert_true(n <= cap);
@@ -464,8 +465,8 @@ static void test_malloc_random_no_overlap(void **state)
 		for (int i = 0; i < N; i++) {
 			if (i % 97 == 0) {
 				size_t bad = check_pat(b[i].p, b[i].us, b[i].seed);
-				CHECK(bad == SIZE_MAX, "block of %zu corrupted at %zu before free", b[i].n,
-				      bad);
+				CHECK(bad == SIZE_MAX, "block of %zu corrupted at %zu before free",
+				      b[i].n, bad);
 			}
 			f_free(b[i].p);
 		}
@@ -487,36 +488,43 @@ static void test_malloc_pow2_and_absurd(void **state)
 			uint8_t *p = f_malloc(opaque(n));
 			if (k > 30) { /* > 1 GiB: may fail (MAP_NORESERVE makes success likely) */
 				if (!p) {
-					CHECK(errno == ENOMEM, "malloc(%zu) failed with errno %d, not ENOMEM",
-					      n, errno);
+					CHECK(errno == ENOMEM,
+					      "malloc(%zu) failed with errno %d, not ENOMEM", n,
+					      errno);
 					continue;
 				}
-				CHECK(((uintptr_t)p & 15) == 0, "malloc(%zu) = %p misaligned", n, (void *)p);
+				CHECK(((uintptr_t)p & 15) == 0, "malloc(%zu) = %p misaligned", n,
+				      (void *)p);
 				CHECK(f_usable(p) >= n, "usable %zu < %zu", f_usable(p), n);
 				p[0] = 0x5a;
 				p[n - 1] = 0xa5;
-				CHECK(p[0] == 0x5a && p[n - 1] == 0xa5, "first/last byte of malloc(%zu)", n);
+				CHECK(p[0] == 0x5a && p[n - 1] == 0xa5,
+				      "first/last byte of malloc(%zu)", n);
 				f_free(p);
 				continue;
 			}
 			CHECK(p != NULL, "malloc(%zu) failed (errno %d)", n, errno);
-			CHECK(((uintptr_t)p & 15) == 0, "malloc(%zu) = %p misaligned", n, (void *)p);
+			CHECK(((uintptr_t)p & 15) == 0, "malloc(%zu) = %p misaligned", n,
+			      (void *)p);
 			size_t us = f_usable(p);
 			CHECK(us >= n, "malloc_usable_size(malloc(%zu)) = %zu", n, us);
 			if (us <= MiB(1)) {
 				fill(p, us, k * 3u + (unsigned)(d + 1));
 				size_t bad = check_pat(p, us, k * 3u + (unsigned)(d + 1));
-				CHECK(bad == SIZE_MAX, "malloc(%zu): pattern broken at %zu", n, bad);
+				CHECK(bad == SIZE_MAX, "malloc(%zu): pattern broken at %zu", n,
+				      bad);
 			} else if (us <= MiB(64)) {
 				fill_any(p, us, k * 3u + (unsigned)(d + 1));
 				size_t bad = check_any(p, us, us, k * 3u + (unsigned)(d + 1));
-				CHECK(bad == SIZE_MAX, "malloc(%zu): pattern broken at %zu", n, bad);
+				CHECK(bad == SIZE_MAX, "malloc(%zu): pattern broken at %zu", n,
+				      bad);
 			} else {
 				for (size_t i = 0; i < us; i += MiB(1))
 					p[i] = (uint8_t)i;
 				p[n - 1] = 0x11;
 				p[us - 1] = 0x22;
-				CHECK(p[us - 1] == 0x22 && (us == n || p[n - 1] == 0x11), "tail bytes");
+				CHECK(p[us - 1] == 0x22 && (us == n || p[n - 1] == 0x11),
+				      "tail bytes");
 			}
 			f_free(p);
 		}
@@ -544,9 +552,9 @@ static void test_malloc_pow2_and_absurd(void **state)
 static void test_calloc_zero_after_recycling(void **state)
 {
 	(void)state;
-	const size_t sizes[] = {1,    8,    16,   24,    100,   128,      640,      1000,     1024,
-				1025, 4000, 4096, 12000, 32768, KiB(40),  KiB(100), MiB(1),   MiB(2),
-				MiB(2) + 1,       MiB(3),       MiB(8)};
+	const size_t sizes[] = {1,	 8,	   16,	   24,	   100,	       128,    640,
+				1000,	 1024,	   1025,   4000,   4096,       12000,  32768,
+				KiB(40), KiB(100), MiB(1), MiB(2), MiB(2) + 1, MiB(3), MiB(8)};
 	enum { K = 16 };
 	for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
 		size_t n = sizes[si];
@@ -564,14 +572,16 @@ static void test_calloc_zero_after_recycling(void **state)
 			for (int i = 0; i < k; i++) {
 				/* three shapes of the same product */
 				int shape = (r + i) % 3;
-				v[i] = shape == 0   ? f_calloc(1, n)
-				       : shape == 1 ? f_calloc(n, 1)
-						    : (n % 8 == 0 ? f_calloc(n / 8, 8) : f_calloc(1, n));
+				v[i] = shape == 0 ? f_calloc(1, n)
+				       : shape == 1
+					       ? f_calloc(n, 1)
+					       : (n % 8 == 0 ? f_calloc(n / 8, 8) : f_calloc(1, n));
 				CHECK(v[i] != NULL, "calloc of %zu bytes failed", n);
 				CHECK(((uintptr_t)v[i] & 15) == 0, "calloc(%zu) misaligned", n);
 				size_t nz = first_nonzero(v[i], n);
 				CHECK(nz == SIZE_MAX,
-				      "calloc(%zu) after malloc+memset(0xff)+free: byte %zu is %#x (round %d)",
+				      "calloc(%zu) after malloc+memset(0xff)+free: byte %zu is %#x "
+				      "(round %d)",
 				      n, nz, ((uint8_t *)v[i])[nz], r);
 			}
 			for (int i = 0; i < k; i++)
@@ -580,8 +590,8 @@ static void test_calloc_zero_after_recycling(void **state)
 	}
 	/* zero-sized products: unique, freeable */
 	void *a = f_calloc(0, 16), *b = f_calloc(16, 0), *c = f_calloc(0, 0);
-	CHECK(a && b && c && a != b && b != c && a != c, "calloc with a zero factor: %p %p %p", a, b,
-	      c);
+	CHECK(a && b && c && a != b && b != c && a != c, "calloc with a zero factor: %p %p %p", a,
+	      b, c);
 	f_free(a);
 	f_free(b);
 	f_free(c);
@@ -604,7 +614,8 @@ static void test_calloc_overflow(void **state)
 	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
 		errno = 0;
 		void *p = f_calloc(opaque(pairs[i][0]), opaque(pairs[i][1]));
-		CHECK(p == NULL, "calloc(%#zx, %#zx) = %p, expected NULL", pairs[i][0], pairs[i][1], p);
+		CHECK(p == NULL, "calloc(%#zx, %#zx) = %p, expected NULL", pairs[i][0], pairs[i][1],
+		      p);
 		CHECK(errno == ENOMEM, "calloc(%#zx, %#zx): errno %d, expected ENOMEM", pairs[i][0],
 		      pairs[i][1], errno);
 	}
@@ -620,15 +631,17 @@ static void test_reallocarray(void **state)
 		uint8_t *p = f_reallocarray(NULL, n / 4, 4);
 		CHECK(p != NULL, "reallocarray(NULL, %zu, 4)", n / 4);
 		fill(p, n, 99);
-		const size_t bad[][2] = {{SIZE_MAX / 2 + 1, 4}, {SIZE_MAX, SIZE_MAX}, {4, SIZE_MAX / 3}};
+		const size_t bad[][2] = {
+			{SIZE_MAX / 2 + 1, 4}, {SIZE_MAX, SIZE_MAX}, {4, SIZE_MAX / 3}};
 		for (size_t i = 0; i < 3; i++) {
 			errno = 0;
 			void *r = f_reallocarray(p, opaque(bad[i][0]), opaque(bad[i][1]));
-			CHECK(r == NULL, "reallocarray(p, %#zx, %#zx) = %p, expected NULL", bad[i][0],
-			      bad[i][1], r);
+			CHECK(r == NULL, "reallocarray(p, %#zx, %#zx) = %p, expected NULL",
+			      bad[i][0], bad[i][1], r);
 			CHECK(errno == ENOMEM, "reallocarray overflow: errno %d", errno);
 			size_t off = check_pat(p, n, 99);
-			CHECK(off == SIZE_MAX, "reallocarray overflow changed the block at %zu", off);
+			CHECK(off == SIZE_MAX, "reallocarray overflow changed the block at %zu",
+			      off);
 		}
 		uint8_t *q = f_reallocarray(p, n / 2, 4);
 		CHECK(q != NULL, "reallocarray(p, %zu, 4)", n / 2);
@@ -672,8 +685,8 @@ static void test_realloc_basics(void **state)
 		      after);
 	}
 	/* failure leaves the block intact, errno ENOMEM */
-	size_t huge_req[] = {SIZE_MAX, SIZE_MAX - PAGE, (size_t)PTRDIFF_MAX + 1, (size_t)PTRDIFF_MAX,
-			     (size_t)1 << 50};
+	size_t huge_req[] = {SIZE_MAX, SIZE_MAX - PAGE, (size_t)PTRDIFF_MAX + 1,
+			     (size_t)PTRDIFF_MAX, (size_t)1 << 50};
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
 		size_t n = kinds[i];
 		uint8_t *p = f_malloc(n);
@@ -684,10 +697,11 @@ static void test_realloc_basics(void **state)
 			void *q = f_realloc(p, opaque(huge_req[j]));
 			CHECK(q == NULL, "realloc(%zu-byte block, %#zx) = %p, expected NULL", n,
 			      huge_req[j], q);
-			CHECK(errno == ENOMEM, "realloc(%zu-byte block, %#zx): errno %d", n, huge_req[j],
-			      errno);
+			CHECK(errno == ENOMEM, "realloc(%zu-byte block, %#zx): errno %d", n,
+			      huge_req[j], errno);
 			size_t off = check_pat(p, n, 77);
-			CHECK(off == SIZE_MAX, "failed realloc changed the %zu-byte block at %zu", n, off);
+			CHECK(off == SIZE_MAX, "failed realloc changed the %zu-byte block at %zu",
+			      n, off);
 		}
 		CHECK(f_usable(p) >= n, "usable size after failed realloc");
 		f_free(p);
@@ -728,13 +742,14 @@ static void test_realloc_every_boundary(void **state)
 			size_t want = pass ? steps[n - 1 - k] : steps[k];
 			uint8_t *q = f_realloc(p, want);
 			CHECK(q != NULL, "realloc(%zu -> %zu) failed", have, want);
-			CHECK(((uintptr_t)q & 15) == 0, "realloc(%zu -> %zu) misaligned", have, want);
+			CHECK(((uintptr_t)q & 15) == 0, "realloc(%zu -> %zu) misaligned", have,
+			      want);
 			CHECK(f_usable(q) >= want, "realloc(%zu -> %zu): usable %zu", have, want,
 			      f_usable(q));
 			size_t lim = have < want ? have : want;
 			size_t off = check_any(q, lim, have, seed);
-			CHECK(off == SIZE_MAX, "realloc(%zu -> %zu) lost content at offset %zu", have,
-			      want, off);
+			CHECK(off == SIZE_MAX, "realloc(%zu -> %zu) lost content at offset %zu",
+			      have, want, off);
 			seed = seed * 33u + 1u;
 			fill_any(q, want, seed);
 			p = q;
@@ -761,8 +776,10 @@ static void test_realloc_kinds_chain(void **state)
 			CHECK(q != NULL, "realloc(%zu -> %zu)", have, want);
 			size_t lim = have < want ? have : want;
 			/* every byte up to 8 MiB; above, the sparse pattern (rep 1: every byte) */
-			size_t off = have <= MiB(8) || rep ? check_pat(q, lim, 31) : check_any(q, lim, have, 31);
-			CHECK(off == SIZE_MAX, "realloc(%zu -> %zu) lost content at %zu", have, want, off);
+			size_t off = have <= MiB(8) || rep ? check_pat(q, lim, 31)
+							   : check_any(q, lim, have, 31);
+			CHECK(off == SIZE_MAX, "realloc(%zu -> %zu) lost content at %zu", have,
+			      want, off);
 			if (want <= MiB(8) || rep)
 				fill(q, want, 31);
 			else
@@ -778,10 +795,12 @@ static void test_realloc_kinds_chain(void **state)
 	fill_any(p, MiB(6), 9);
 	uint8_t *q = f_realloc(p, MiB(40));
 	CHECK(q != NULL, "realloc of an aligned huge block to 40 MiB");
-	CHECK(check_any(q, MiB(6), MiB(6), 9) == SIZE_MAX, "aligned huge block grown: content lost");
+	CHECK(check_any(q, MiB(6), MiB(6), 9) == SIZE_MAX,
+	      "aligned huge block grown: content lost");
 	q = f_realloc(q, MiB(3));
 	CHECK(q != NULL, "realloc of an aligned huge block to 3 MiB");
-	CHECK(check_any(q, MiB(3), MiB(6), 9) == SIZE_MAX, "aligned huge block shrunk: content lost");
+	CHECK(check_any(q, MiB(3), MiB(6), 9) == SIZE_MAX,
+	      "aligned huge block shrunk: content lost");
 	f_free(q);
 }
 
@@ -796,8 +815,8 @@ static void test_realloc_in_place(void **state)
 		fill_any(p, n, 3);
 		size_t smaller = n - n / 8;
 		uint8_t *q = f_realloc(p, smaller);
-		CHECK(q == p, "realloc(%zu -> %zu) moved the block (%p -> %p); expected in place", n,
-		      smaller, (void *)p, (void *)q);
+		CHECK(q == p, "realloc(%zu -> %zu) moved the block (%p -> %p); expected in place",
+		      n, smaller, (void *)p, (void *)q);
 		CHECK(check_any(q, smaller, n, 3) == SIZE_MAX, "content after shrinking in place");
 		/* growing within the usable size stays in place too */
 		size_t us = f_usable(q);
@@ -812,16 +831,16 @@ static void test_realloc_in_place(void **state)
 /* Soft checks: the aligned tests report every failing (function, alignment, size) before failing,
  * so one run shows the whole extent of a problem. */
 static int soft_errors;
-#define SOFT(cond, ...)                                                                         \
-	do {                                                                                    \
-		if (!(cond)) {                                                                  \
-			if (soft_errors++ < 40) {                                               \
-				print_error("check failed: %s\n    ", #cond);                   \
-				print_error(__VA_ARGS__);                                       \
-				print_error("\n");                                              \
-			}                                                                       \
-			ok = 0;                                                                 \
-		}                                                                               \
+#define SOFT(cond, ...)                                                       \
+	do {                                                                  \
+		if (!(cond)) {                                                \
+			if (soft_errors++ < 40) {                             \
+				print_error("check failed: %s\n    ", #cond); \
+				print_error(__VA_ARGS__);                     \
+				print_error("\n");                            \
+			}                                                     \
+			ok = 0;                                               \
+		}                                                             \
 	} while (0)
 
 /* 1: the block is fine (or NULL was reported); it is freed by the caller if not NULL */
@@ -883,20 +902,24 @@ static void test_aligned_family(void **state)
 				errno = saved;
 				int rc = f_posix_memalign(&pm, align, size);
 				int e = errno;
-				SOFT(rc == 0, "posix_memalign(align %zu, size %zu) = %d (%s)", align, size,
-				     rc, strerror(rc));
-				SOFT(e == saved, "posix_memalign(align %zu, size %zu) changed errno to %d",
+				SOFT(rc == 0, "posix_memalign(align %zu, size %zu) = %d (%s)",
+				     align, size, rc, strerror(rc));
+				SOFT(e == saved,
+				     "posix_memalign(align %zu, size %zu) changed errno to %d",
 				     align, size, e);
 				if (rc == 0) {
-					ok &= check_aligned_block("posix_memalign", pm, align, size, 0);
+					ok &= check_aligned_block("posix_memalign", pm, align, size,
+								  0);
 					live[nl++] = pm;
 				} else {
-					SOFT(pm == (void *)0x1, "posix_memalign failure wrote *memptr");
+					SOFT(pm == (void *)0x1,
+					     "posix_memalign failure wrote *memptr");
 				}
 			} else {
 				int rc = f_posix_memalign(&pm, align, size);
 				SOFT(rc == EINVAL,
-				     "posix_memalign(align %zu < sizeof(void *)) = %d, expected EINVAL",
+				     "posix_memalign(align %zu < sizeof(void *)) = %d, expected "
+				     "EINVAL",
 				     align, rc);
 				SOFT(pm == (void *)0x1, "posix_memalign failure wrote *memptr");
 			}
@@ -914,8 +937,10 @@ static void test_aligned_family(void **state)
 		for (unsigned i = 0; i < nl; i++)
 			f_free(live[i]);
 	}
-	CHECK(soft_errors == 0, "%d failed check(s) of aligned_alloc/memalign/posix_memalign; "
-	      "alignments with failures:%s", soft_errors, failed);
+	CHECK(soft_errors == 0,
+	      "%d failed check(s) of aligned_alloc/memalign/posix_memalign; "
+	      "alignments with failures:%s",
+	      soft_errors, failed);
 }
 
 static void test_aligned_invalid(void **state)
@@ -923,14 +948,20 @@ static void test_aligned_invalid(void **state)
 	(void)state;
 	/* posix_memalign: EINVAL for an alignment that is not a power of two or not a multiple
 	 * of sizeof(void *); *memptr untouched */
-	const size_t bad_pm[] = {0, 1, 2, 4, 3, 12, 24, 48, 96, 1000, 4097, (1ul << 20) + 8,
+	const size_t bad_pm[] = {0,	   1,
+				 2,	   4,
+				 3,	   12,
+				 24,	   48,
+				 96,	   1000,
+				 4097,	   (1ul << 20) + 8,
 				 SIZE_MAX, (size_t)PTRDIFF_MAX};
 	for (size_t i = 0; i < sizeof(bad_pm) / sizeof(bad_pm[0]); i++) {
 		if (bad_pm[i] >= sizeof(void *) && !(bad_pm[i] & (bad_pm[i] - 1)))
 			continue; /* sizeof(void *) == 4 machines */
 		void *p = (void *)0x1234;
 		int rc = f_posix_memalign(&p, opaque(bad_pm[i]), 64);
-		CHECK(rc == EINVAL, "posix_memalign(align %#zx) = %d, expected EINVAL", bad_pm[i], rc);
+		CHECK(rc == EINVAL, "posix_memalign(align %#zx) = %d, expected EINVAL", bad_pm[i],
+		      rc);
 		CHECK(p == (void *)0x1234, "posix_memalign(align %#zx) wrote *memptr on failure",
 		      bad_pm[i]);
 	}
@@ -948,7 +979,8 @@ static void test_aligned_invalid(void **state)
 		for (size_t i = 0; i < sizeof(bad_aa) / sizeof(bad_aa[0]); i++) {
 			errno = 0;
 			void *q = f_aligned_alloc(opaque(bad_aa[i]), 64);
-			CHECK(q == NULL, "aligned_alloc(%#zx, 64) = %p, expected NULL", bad_aa[i], q);
+			CHECK(q == NULL, "aligned_alloc(%#zx, 64) = %p, expected NULL", bad_aa[i],
+			      q);
 			CHECK(errno == EINVAL, "aligned_alloc(%#zx, 64): errno %d, expected EINVAL",
 			      bad_aa[i], errno);
 		}
@@ -958,8 +990,9 @@ static void test_aligned_invalid(void **state)
 	CHECK(q == NULL && errno == ENOMEM, "aligned_alloc(64, SIZE_MAX) = %p errno %d", q, errno);
 
 	/* memalign: a non-power-of-two alignment is rounded up to the next power of two */
-	const size_t odd[][2] = {{0, 16}, {3, 16}, {24, 32}, {48, 64}, {100, 128}, {1000, 1024},
-				 {3000, 4096}, {5000, 8192}, {70000, 131072}, {3u << 20, 4u << 20}};
+	const size_t odd[][2] = {
+		{0, 16},      {3, 16},	    {24, 32},	  {48, 64},	   {100, 128},
+		{1000, 1024}, {3000, 4096}, {5000, 8192}, {70000, 131072}, {3u << 20, 4u << 20}};
 	soft_errors = 0;
 	for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
 		size_t sizes[] = {1, 100, odd[i][1] + 1};
@@ -1001,17 +1034,19 @@ static void test_valloc_pvalloc(void **state)
 		size_t n = sizes[i];
 		uint8_t *v = f_valloc(n);
 		CHECK(v != NULL, "valloc(%zu)", n);
-		CHECK(((uintptr_t)v & (pg - 1)) == 0, "valloc(%zu) = %p not page-aligned", n, (void *)v);
+		CHECK(((uintptr_t)v & (pg - 1)) == 0, "valloc(%zu) = %p not page-aligned", n,
+		      (void *)v);
 		CHECK(f_usable(v) >= n, "valloc(%zu): usable %zu", n, f_usable(v));
 		memset(v, 0x11, n);
 
 		uint8_t *pv = f_pvalloc(n);
-		size_t rounded = (n + pg - 1) & ~(pg - 1); /* glibc: pvalloc(0) need not be a page */
+		size_t rounded =
+			(n + pg - 1) & ~(pg - 1); /* glibc: pvalloc(0) need not be a page */
 		CHECK(pv != NULL, "pvalloc(%zu)", n);
 		CHECK(((uintptr_t)pv & (pg - 1)) == 0, "pvalloc(%zu) = %p not page-aligned", n,
 		      (void *)pv);
-		CHECK(f_usable(pv) >= rounded, "pvalloc(%zu): usable %zu < %zu (rounded to pages)", n,
-		      f_usable(pv), rounded);
+		CHECK(f_usable(pv) >= rounded, "pvalloc(%zu): usable %zu < %zu (rounded to pages)",
+		      n, f_usable(pv), rounded);
 		memset(pv, 0x22, rounded ? rounded : 1);
 		for (size_t j = 0; j < n; j++)
 			if (v[j] != 0x11)
@@ -1041,15 +1076,15 @@ static void test_errno_enomem(void **state)
 		void *r;
 	} r[10];
 	int n = 0;
-#define TRY(expr)                                                                               \
-	do {                                                                                    \
-		errno = 0;                                                                      \
-		r[n].what = #expr;                                                              \
-		r[n].r = (expr);                                                                \
-		CHECK(r[n].r == NULL, "%s returned %p", r[n].what, r[n].r);                     \
-		CHECK(errno == ENOMEM, "%s: errno %d (%s), expected ENOMEM", r[n].what, errno,  \
-		      strerror(errno));                                                         \
-		n++;                                                                            \
+#define TRY(expr)                                                                              \
+	do {                                                                                   \
+		errno = 0;                                                                     \
+		r[n].what = #expr;                                                             \
+		r[n].r = (expr);                                                               \
+		CHECK(r[n].r == NULL, "%s returned %p", r[n].what, r[n].r);                    \
+		CHECK(errno == ENOMEM, "%s: errno %d (%s), expected ENOMEM", r[n].what, errno, \
+		      strerror(errno));                                                        \
+		n++;                                                                           \
 	} while (0)
 	TRY(f_malloc(opaque(SIZE_MAX)));
 	TRY(f_calloc(opaque(SIZE_MAX), 3));
@@ -1251,8 +1286,8 @@ static int verify_item(const struct item *it, const char *when)
 	}
 	size_t off = check_any(it->p, it->n, it->n, it->seed);
 	if (off != SIZE_MAX) {
-		t_error("%s: block %p of %zu bytes corrupted at offset %zu", when, (void *)it->p, it->n,
-			off);
+		t_error("%s: block %p of %zu bytes corrupted at offset %zu", when, (void *)it->p,
+			it->n, off);
 		return 0;
 	}
 	return 1;
@@ -1288,7 +1323,8 @@ static void *worker(void *arg)
 			else
 				it->p = f_aligned_alloc((size_t)64 << (xs64(&r) % 7), n);
 			if (!it->p) {
-				t_error("thread %d: allocation of %zu (kind %d) failed", wa->id, n, kind);
+				t_error("thread %d: allocation of %zu (kind %d) failed", wa->id, n,
+					kind);
 				break;
 			}
 			if (kind == 1 && n <= SPARSE_MIN && first_nonzero(it->p, n) != SIZE_MAX) {
@@ -1325,8 +1361,8 @@ static void *worker(void *arg)
 			size_t lim = n < it->n ? n : it->n;
 			size_t off = check_any(q, lim, it->n, it->seed);
 			if (off != SIZE_MAX) {
-				t_error("thread %d: realloc(%zu -> %zu) lost content at %zu", wa->id, it->n,
-					n, off);
+				t_error("thread %d: realloc(%zu -> %zu) lost content at %zu",
+					wa->id, it->n, n, off);
 				break;
 			}
 			it->p = q;
@@ -1476,7 +1512,8 @@ static void test_fork_while_threads_allocate(void **state)
 	pthread_t bg[BG];
 	atomic_store(&bg_stop, 0);
 	for (int i = 0; i < BG; i++)
-		assert_int_equal(pthread_create(&bg[i], NULL, bg_alloc, (void *)(uintptr_t)(i + 1)), 0);
+		assert_int_equal(pthread_create(&bg[i], NULL, bg_alloc, (void *)(uintptr_t)(i + 1)),
+				 0);
 	fflush(stdout);
 	fflush(stderr);
 	int failures = 0, hung = 0, first_status = 0;
@@ -1508,7 +1545,8 @@ static void test_fork_while_threads_allocate(void **state)
 			waitpid(pid, &st, 0);
 			hung++;
 			failures++;
-			if (hung >= (getenv("SA_TEST_MAX_HANGS") ? atoi(getenv("SA_TEST_MAX_HANGS")) : 3))
+			if (hung >=
+			    (getenv("SA_TEST_MAX_HANGS") ? atoi(getenv("SA_TEST_MAX_HANGS")) : 3))
 				break; /* enough evidence; each hang costs 10 s */
 			continue;
 		}
@@ -1522,8 +1560,10 @@ static void test_fork_while_threads_allocate(void **state)
 	for (int i = 0; i < BG; i++)
 		pthread_join(bg[i], NULL);
 	print_message("%d forks in %.2f s\n", FORKS, now_s() - t0);
-	CHECK(hung == 0, "%d of %d children hung (no exit within 10 s: deadlock in the child after "
-	      "fork)", hung, FORKS);
+	CHECK(hung == 0,
+	      "%d of %d children hung (no exit within 10 s: deadlock in the child after "
+	      "fork)",
+	      hung, FORKS);
 	CHECK(failures == 0,
 	      "%d of %d children failed; first: %s %d (exit codes: 10 inherited block, 11 alloc, "
 	      "12 calloc, 13 realloc, 14/15 threads)",
@@ -1545,7 +1585,8 @@ static void test_fork_in_fallback_mode(void **state)
 		skip();
 	}
 	if (opt && strstr(opt, "percpu=fallback")) {
-		print_message("already in fallback mode (test_fork_while_threads_allocate): skipped\n");
+		print_message(
+			"already in fallback mode (test_fork_while_threads_allocate): skipped\n");
 		skip();
 	}
 	extern char **environ;
@@ -1747,13 +1788,14 @@ static void test_dlopen_allocating_libraries(void **state)
 		CHECK(op(":memory:", &db) == 0, "sqlite3_open");
 		long out[2] = {0, 0};
 		char *err = NULL;
-		int rc = ex(db,
-			    "CREATE TABLE t(a INTEGER, b TEXT);"
-			    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<3000)"
-			    " INSERT INTO t SELECT x, hex(randomblob(50)) FROM c;"
-			    "CREATE INDEX ti ON t(b);"
-			    "SELECT count(*), sum(length(b)) FROM t;",
-			    sql_cb, out, &err);
+		int rc = ex(
+			db,
+			"CREATE TABLE t(a INTEGER, b TEXT);"
+			"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<3000)"
+			" INSERT INTO t SELECT x, hex(randomblob(50)) FROM c;"
+			"CREATE INDEX ti ON t(b);"
+			"SELECT count(*), sum(length(b)) FROM t;",
+			sql_cb, out, &err);
 		CHECK(rc == 0, "sqlite3_exec: %d %s", rc, err ? err : "");
 		CHECK(out[0] == 3000 && out[1] == 300000, "sqlite result %ld %ld", out[0], out[1]);
 		if (err)

@@ -58,9 +58,18 @@ struct avl {
 	char *val;
 };
 
-static int height(struct avl *n) { return n ? n->h : 0; }
-static int imax(int a, int b) { return a > b ? a : b; }
-static void fix(struct avl *n) { n->h = 1 + imax(height(n->l), height(n->r)); }
+static int height(struct avl *n)
+{
+	return n ? n->h : 0;
+}
+static int imax(int a, int b)
+{
+	return a > b ? a : b;
+}
+static void fix(struct avl *n)
+{
+	n->h = 1 + imax(height(n->l), height(n->r));
+}
 
 static struct avl *rot_right(struct avl *y)
 {
@@ -238,7 +247,8 @@ static void table_add(struct table *t, const char *k, size_t n)
 
 static int cmp_entry(const void *a, const void *b)
 {
-	const struct entry *x = *(const struct entry *const *)a, *y = *(const struct entry *const *)b;
+	const struct entry *x = *(const struct entry *const *)a,
+			   *y = *(const struct entry *const *)b;
 	if (x->count != y->count)
 		return x->count > y->count ? -1 : 1;
 	return strcmp(x->key, y->key);
@@ -335,9 +345,15 @@ static long parse_term(struct parser *ps)
 		ps->p++;
 		long r = parse_atom(ps);
 		switch (op) {
-		case '*': v = (long)((unsigned long)v * (unsigned long)r) % 1000000007L; break;
-		case '/': v = r ? v / r : v; break;
-		default: v = r ? v % r : v; break;
+		case '*':
+			v = (long)((unsigned long)v * (unsigned long)r) % 1000000007L;
+			break;
+		case '/':
+			v = r ? v / r : v;
+			break;
+		default:
+			v = r ? v % r : v;
+			break;
 		}
 	}
 }
@@ -468,7 +484,8 @@ int main(int argc, char **argv)
 	v = xrealloc(v, (u ? u : 1) * sizeof(*v));
 	h = 0;
 	for (size_t i = 0; i < u; i += 7)
-		h = mix(mix(h, v[i].a * 1000003ull + v[i].b), hash_str(v[i].name, strlen(v[i].name)));
+		h = mix(mix(h, v[i].a * 1000003ull + v[i].b),
+			hash_str(v[i].name, strlen(v[i].name)));
 	printf("sort: %zu records, %zu unique, %016llx\n", vn, u, (unsigned long long)h);
 	total = mix(total, h);
 	free(v);

@@ -84,7 +84,8 @@ static int scenario(int readers)
 	cache = sa_cache_create("big-sheaves", 16, &a);
 	if (!cache)
 		return 2;
-	cache->barn_max_empty = 0; /* white box: every emptied sheaf is freed (as barn_max_empty=0) */
+	cache->barn_max_empty =
+		0; /* white box: every emptied sheaf is freed (as barn_max_empty=0) */
 	enum { W = 5, R = 2 };
 	pthread_t t[W + R];
 	int nt = 0;

@@ -16,7 +16,7 @@
 #include <stdatomic.h>
 #include <time.h>
 
-#define NC 4
+#define NC	      4
 #define CHILD_SECONDS 5
 
 static struct sa_cache *caches[NC];
@@ -131,11 +131,13 @@ static void *watchdog(void *arg)
 		still = now == last ? still + 1 : 0;
 		last = now;
 		if (still >= 12) {
-			fprintf(stderr, "fork: no fork() completed for 12 s (after %ld forks): the "
-					"parent is deadlocked (per-CPU mode %s)\n",
+			fprintf(stderr,
+				"fork: no fork() completed for 12 s (after %ld forks): the "
+				"parent is deadlocked (per-CPU mode %s)\n",
 				now, sa_percpu_mode());
-			fprintf(stderr, "[  PASSED  ] 0 test(s).\n[  FAILED  ] 1 test(s), listed below:\n"
-					"[  FAILED  ] test_fork_while_allocating\n");
+			fprintf(stderr,
+				"[  PASSED  ] 0 test(s).\n[  FAILED  ] 1 test(s), listed below:\n"
+				"[  FAILED  ] test_fork_while_allocating\n");
 			fflush(stderr);
 			_exit(3);
 		}
@@ -166,7 +168,8 @@ static void test_fork_while_allocating(void **state)
 	int forks = 0, bad = 0;
 	for (;;) {
 		clock_gettime(CLOCK_MONOTONIC, &now);
-		if ((double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9 >= seconds)
+		if ((double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9 >=
+		    seconds)
 			break;
 		fflush(stdout);
 		fflush(stderr);
@@ -181,7 +184,8 @@ static void test_fork_while_allocating(void **state)
 		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
 			if (bad++ < 5) {
 				if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM)
-					print_error("fork %d: child hung for %d s (deadlock after fork)\n",
+					print_error("fork %d: child hung for %d s (deadlock after "
+						    "fork)\n",
 						    forks, CHILD_SECONDS);
 				else if (WIFSIGNALED(st))
 					print_error("fork %d: child killed by signal %d\n", forks,
@@ -198,8 +202,8 @@ static void test_fork_while_allocating(void **state)
 	for (int i = 0; i < T; i++)
 		pthread_join(t[i], NULL);
 	pthread_join(wd, NULL);
-	print_message("fork: %d forks in %.1f s, %d bad children, per-CPU mode %s\n", forks, seconds,
-		      bad, sa_percpu_mode());
+	print_message("fork: %d forks in %.1f s, %d bad children, per-CPU mode %s\n", forks,
+		      seconds, bad, sa_percpu_mode());
 	for (int i = 0; i < NC; i++) {
 		assert_int_equal(sa_cache_shrink(caches[i]), 0);
 		assert_stats_consistent(caches[i], 0);

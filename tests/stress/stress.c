@@ -31,10 +31,10 @@
 #include <stdatomic.h>
 #include <time.h>
 
-#define CTOR_MAGIC 0xC7C7C7C7C7C7C7C7ull
-#define MAX_HELD 1024
-#define EXCH_MAX 4096
-#define NSHARD 256
+#define CTOR_MAGIC  0xC7C7C7C7C7C7C7C7ull
+#define MAX_HELD    1024
+#define EXCH_MAX    4096
+#define NSHARD	    256
 #define SHARD_SLOTS 1024 /* per shard; live objects stay far below NSHARD * SHARD_SLOTS / 2 */
 
 /* ------------------------------------------------------------------ caches ------------------ */
@@ -53,12 +53,9 @@ static void ctor(void *obj)
 }
 
 static struct tcache caches[] = {
-	{"stress-16", 16, 0, 0, 0, NULL, 0},
-	{"stress-64", 64, 0, 0, 0, NULL, 0},
-	{"stress-200", 200, 0, 0, 0, NULL, 0},
-	{"stress-4096", 4096, 0, 0, 0, NULL, 0},
-	{"stress-ctor-48", 48, 0, 0, 1, NULL, 0},
-	{"stress-align-256", 100, 256, 0, 0, NULL, 0},
+	{"stress-16", 16, 0, 0, 0, NULL, 0},	  {"stress-64", 64, 0, 0, 0, NULL, 0},
+	{"stress-200", 200, 0, 0, 0, NULL, 0},	  {"stress-4096", 4096, 0, 0, 0, NULL, 0},
+	{"stress-ctor-48", 48, 0, 0, 1, NULL, 0}, {"stress-align-256", 100, 256, 0, 0, NULL, 0},
 	{"stress-64-cap4", 64, 0, 4, 0, NULL, 0},
 };
 #define NCACHE ((int)(sizeof(caches) / sizeof(caches[0])))
@@ -151,7 +148,8 @@ static int live_remove(void *p)
 		for (unsigned j = (i + 1) % SHARD_SLOTS; s->slot[j]; j = (j + 1) % SHARD_SLOTS) {
 			unsigned home = (unsigned)(mix(s->slot[j]) / NSHARD) % SHARD_SLOTS;
 			/* can slot j move to the hole? yes if home is not in (hole, j] cyclically */
-			int between = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+			int between =
+				hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
 			if (!between) {
 				s->slot[hole] = s->slot[j];
 				hole = j;
@@ -213,8 +211,8 @@ static int accept_object(int ci, void *p, sa_flags_t flags, const char *how)
 		stress_fail("%s: %s: %p not aligned to %zu", tc->name, how, p, align);
 	struct sa_slab *s = sa_slab_of(p);
 	if (!s || s->cache != tc->c || !s->head) {
-		stress_fail("%s: %s: %p is not an object of this cache (slab %p cache %p)", tc->name, how, p,
-		     (void *)s, s ? (void *)s->cache : NULL);
+		stress_fail("%s: %s: %p is not an object of this cache (slab %p cache %p)",
+			    tc->name, how, p, (void *)s, s ? (void *)s->cache : NULL);
 		return 0;
 	}
 	size_t off = (size_t)((char *)p - sa_slab_base(s->head));
@@ -229,8 +227,8 @@ static int accept_object(int ci, void *p, sa_flags_t flags, const char *how)
 		const unsigned char *b = p;
 		for (size_t i = 0; i < tc->size; i++)
 			if (b[i]) {
-				stress_fail("%s: %s: SA_ZERO object %p has byte %zu = %#x", tc->name, how, p, i,
-				     b[i]);
+				stress_fail("%s: %s: SA_ZERO object %p has byte %zu = %#x",
+					    tc->name, how, p, i, b[i]);
 				break;
 			}
 	}
@@ -247,8 +245,9 @@ static void release_object(const struct held *h)
 {
 	struct tcache *tc = &caches[h->ci];
 	if (!check_stamp(tc, h->p, h->stamp))
-		stress_fail("%s: object %p corrupted while live (stamp %#llx, first word %#llx)", tc->name,
-		     h->p, (unsigned long long)h->stamp, (unsigned long long)*(uint64_t *)h->p);
+		stress_fail("%s: object %p corrupted while live (stamp %#llx, first word %#llx)",
+			    tc->name, h->p, (unsigned long long)h->stamp,
+			    (unsigned long long)*(uint64_t *)h->p);
 	if (!live_remove(h->p))
 		stress_fail("%s: object %p freed but not live", tc->name, h->p);
 	atomic_fetch_sub(&tc->live, 1);
@@ -353,8 +352,8 @@ static int expected_node(const struct worker *w)
 static void check_node(int ci, const void *p, int want, const char *how)
 {
 	if (want >= 0 && p && sa_object_node(p) != want)
-		stress_fail("%s: %s on a CPU of node %d returned %p of node %d", caches[ci].name, how,
-			    want, p, sa_object_node(p));
+		stress_fail("%s: %s on a CPU of node %d returned %p of node %d", caches[ci].name,
+			    how, want, p, sa_object_node(p));
 }
 
 static void op_sheaf(struct worker *w, int ci)
@@ -413,7 +412,8 @@ static void op_sheaf(struct worker *w, int ci)
 				break;
 			}
 			if (s == before)
-				check_node(ci, p, sheaf_node, "sheaf_alloc after refill (same sheaf)");
+				check_node(ci, p, sheaf_node,
+					   "sheaf_alloc after refill (same sheaf)");
 			else
 				check_node(ci, p, node_now, "sheaf_alloc after refill (new sheaf)");
 			if (accept_object(ci, p, 0, "sheaf_alloc after refill"))
@@ -453,10 +453,12 @@ static void *worker_main(void *arg)
 				p = sa_cache_alloc_node(tc->c, f, node);
 				how = "alloc_node";
 				if (want >= 0 && p && sa_object_node(p) != want)
-					stress_fail("%s: sa_cache_alloc_node(node %d) returned %p of node %d "
+					stress_fail("%s: sa_cache_alloc_node(node %d) returned %p "
+						    "of node %d "
 						    "(thread %s CPU %d, now on CPU %d)",
 						    tc->name, node, p, sa_object_node(p),
-						    w->pinned >= 0 ? "pinned to" : "not pinned, last",
+						    w->pinned >= 0 ? "pinned to"
+								   : "not pinned, last",
 						    w->pinned, sched_getcpu());
 			} else {
 				p = sa_cache_alloc(tc->c, f);
@@ -575,30 +577,38 @@ static void check_quiescent(const char *when, int expect_empty)
 		uint64_t in = s.free_fast + s.free_slow;
 		uint64_t slab_out = sa_slab_inuse_racy(tc->c);
 		if (out - in != (uint64_t)live || s.objects_in_use != (uint64_t)live)
-			stress_fail("%s (%s): allocs %llu - frees %llu = %lld, objects_in_use %llu, but %ld "
-			     "objects are live",
-			     tc->name, when, (unsigned long long)out, (unsigned long long)in,
-			     (long long)(out - in), (unsigned long long)s.objects_in_use, live);
+			stress_fail("%s (%s): allocs %llu - frees %llu = %lld, objects_in_use "
+				    "%llu, but %ld "
+				    "objects are live",
+				    tc->name, when, (unsigned long long)out, (unsigned long long)in,
+				    (long long)(out - in), (unsigned long long)s.objects_in_use,
+				    live);
 		if (s.objects_in_use + s.objects_cached != slab_out)
-			stress_fail("%s (%s): objects_in_use %llu + objects_cached %llu != %llu out of slabs",
-			     tc->name, when, (unsigned long long)s.objects_in_use,
-			     (unsigned long long)s.objects_cached, (unsigned long long)slab_out);
+			stress_fail("%s (%s): objects_in_use %llu + objects_cached %llu != %llu "
+				    "out of slabs",
+				    tc->name, when, (unsigned long long)s.objects_in_use,
+				    (unsigned long long)s.objects_cached,
+				    (unsigned long long)slab_out);
 		if (s.refill_objects + s.alloc_slow - s.flush_objects - s.free_slow != slab_out)
-			stress_fail("%s (%s): refill_objects %llu + alloc_slow %llu - flush_objects %llu - "
-			     "free_slow %llu != %llu out of slabs",
-			     tc->name, when, (unsigned long long)s.refill_objects,
-			     (unsigned long long)s.alloc_slow, (unsigned long long)s.flush_objects,
-			     (unsigned long long)s.free_slow, (unsigned long long)slab_out);
+			stress_fail("%s (%s): refill_objects %llu + alloc_slow %llu - "
+				    "flush_objects %llu - "
+				    "free_slow %llu != %llu out of slabs",
+				    tc->name, when, (unsigned long long)s.refill_objects,
+				    (unsigned long long)s.alloc_slow,
+				    (unsigned long long)s.flush_objects,
+				    (unsigned long long)s.free_slow, (unsigned long long)slab_out);
 		if (s.slabs_allocated - s.slabs_freed != s.slabs)
-			stress_fail("%s (%s): slabs %llu != allocated %llu - freed %llu", tc->name, when,
-			     (unsigned long long)s.slabs, (unsigned long long)s.slabs_allocated,
-			     (unsigned long long)s.slabs_freed);
+			stress_fail("%s (%s): slabs %llu != allocated %llu - freed %llu", tc->name,
+				    when, (unsigned long long)s.slabs,
+				    (unsigned long long)s.slabs_allocated,
+				    (unsigned long long)s.slabs_freed);
 		if (expect_empty && (s.objects_in_use || s.objects_cached || s.slabs || slab_out))
-			stress_fail("%s (%s): after freeing everything and shrinking: objects_in_use %llu, "
-			     "objects_cached %llu, slabs %llu, out of slabs %llu",
-			     tc->name, when, (unsigned long long)s.objects_in_use,
-			     (unsigned long long)s.objects_cached, (unsigned long long)s.slabs,
-			     (unsigned long long)slab_out);
+			stress_fail("%s (%s): after freeing everything and shrinking: "
+				    "objects_in_use %llu, "
+				    "objects_cached %llu, slabs %llu, out of slabs %llu",
+				    tc->name, when, (unsigned long long)s.objects_in_use,
+				    (unsigned long long)s.objects_cached,
+				    (unsigned long long)s.slabs, (unsigned long long)slab_out);
 	}
 }
 
@@ -634,7 +644,8 @@ static void test_stress(void **state)
 	assert_int_equal(pthread_create(&shr, NULL, shrinker_main, NULL), 0);
 
 	/* halfway: park everyone and check the counters against the live set */
-	struct timespec half = {(time_t)(seconds / 2), (long)((seconds / 2 - (time_t)(seconds / 2)) * 1e9)};
+	struct timespec half = {(time_t)(seconds / 2),
+				(long)((seconds / 2 - (time_t)(seconds / 2)) * 1e9)};
 	nanosleep(&half, NULL);
 	atomic_store(&pause_req, 1);
 	pthread_barrier_wait(&park_barrier);
@@ -676,10 +687,11 @@ static void test_stress(void **state)
 		fences += s.remote_fences;
 		remote += s.remote_free;
 	}
-	print_message("stress: %llu operations, %llu migrations, %zu objects in the exchange at the "
-		      "checkpoint, %llu remote fences, %llu remote frees\n",
-		      (unsigned long long)ops, (unsigned long long)migr, in_exchange,
-		      (unsigned long long)fences, (unsigned long long)remote);
+	print_message(
+		"stress: %llu operations, %llu migrations, %zu objects in the exchange at the "
+		"checkpoint, %llu remote fences, %llu remote frees\n",
+		(unsigned long long)ops, (unsigned long long)migr, in_exchange,
+		(unsigned long long)fences, (unsigned long long)remote);
 	for (int i = 0; i < NCACHE; i++)
 		sa_cache_destroy(caches[i].c);
 	pthread_barrier_destroy(&park_barrier);

@@ -33,15 +33,15 @@ static void test_bad_frees_ignored(void **state)
 
 	struct capture cap;
 	capture_begin(&cap);
-	sa_cache_free(c1, on_stack);   /* 1 not ours */
-	sa_cache_free(c1, heap);       /* 2 not ours */
-	sa_cache_free(c1, o2);         /* 3 object of another cache, same size */
-	sa_cache_free(c1, o3);         /* 4 object of another cache, other size */
-	sa_cache_free(c2, o1);         /* 5 */
-	sa_free(on_stack);             /* 6 */
-	sa_free(heap);                 /* 7 */
-	sa_free(seg_hdr);              /* 8 our segment, but its header unit */
-	sa_cache_free(c1, seg_hdr);    /* 9 */
+	sa_cache_free(c1, on_stack);	    /* 1 not ours */
+	sa_cache_free(c1, heap);	    /* 2 not ours */
+	sa_cache_free(c1, o2);		    /* 3 object of another cache, same size */
+	sa_cache_free(c1, o3);		    /* 4 object of another cache, other size */
+	sa_cache_free(c2, o1);		    /* 5 */
+	sa_free(on_stack);		    /* 6 */
+	sa_free(heap);			    /* 7 */
+	sa_free(seg_hdr);		    /* 8 our segment, but its header unit */
+	sa_cache_free(c1, seg_hdr);	    /* 9 */
 	sa_free((void *)(uintptr_t)0x1000); /* 10 */
 	sa_cache_free_bulk(c1, 3, (void *[]){on_stack, o2, heap}); /* 11, 12, 13 */
 	const char *msg = capture_end(&cap);

@@ -129,7 +129,8 @@ static void test_create_sheaf_capacity_range(void **state)
 		if (c) {
 			unsigned got = sa_cache_sheaf_capacity(c);
 			if (got > 65536)
-				print_error("sheaf_capacity %u accepted as is (not refused, not clamped)\n",
+				print_error("sheaf_capacity %u accepted as is (not refused, not "
+					    "clamped)\n",
 					    bad[i]);
 			assert_true(got <= 65536);
 			sa_cache_destroy(c);
@@ -177,8 +178,8 @@ static void test_round_trip(void **state)
 static void test_alignment(void **state)
 {
 	(void)state;
-	static const size_t aligns[] = {8,    16,   32,   64,    128,   256,   512,  1024,
-					2048, 4096, 8192, 16384, 32768, 65536};
+	static const size_t aligns[] = {8,    16,   32,	  64,	128,   256,   512,
+					1024, 2048, 4096, 8192, 16384, 32768, 65536};
 	static const size_t sizes[] = {1, 8, 24, 100, 1000, 4096, 5000};
 	enum { K = 24 };
 	for (size_t ai = 0; ai < sizeof(aligns) / sizeof(aligns[0]); ai++) {

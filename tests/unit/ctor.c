@@ -6,7 +6,7 @@
 #include "sa_test.h"
 
 #define CTOR_MAGIC 0xC0DEC0DEC0DEC0DEull
-#define MAX_LOG 65536
+#define MAX_LOG	   65536
 
 /* ctor call log: addresses constructed (single-threaded tests) */
 static void *ctor_log[MAX_LOG];
@@ -85,7 +85,8 @@ static void run_ctor_case(size_t size)
 			objs[i] = sa_cache_alloc(c, 0);
 			assert_non_null(objs[i]);
 			if (!constructed(objs[i], size))
-				print_error("%s: object %p lost its constructed state\n", name, objs[i]);
+				print_error("%s: object %p lost its constructed state\n", name,
+					    objs[i]);
 			assert_true(constructed(objs[i], size));
 		}
 	}
@@ -106,8 +107,9 @@ static void run_ctor_case(size_t size)
 		objs[i] = sa_cache_alloc(c, 0);
 		assert_non_null(objs[i]);
 		if (!constructed(objs[i], size))
-			print_error("%s: object %p from a slab freelist lost its constructed state\n",
-				    name, objs[i]);
+			print_error(
+				"%s: object %p from a slab freelist lost its constructed state\n",
+				name, objs[i]);
 		assert_true(constructed(objs[i], size));
 	}
 	check_no_duplicates(objs, M);
@@ -209,7 +211,7 @@ static void test_ctor_aligned(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_ctor_8),       cmocka_unit_test(test_ctor_24),
+		cmocka_unit_test(test_ctor_8),	     cmocka_unit_test(test_ctor_24),
 		cmocka_unit_test(test_ctor_100),     cmocka_unit_test(test_ctor_1000),
 		cmocka_unit_test(test_ctor_aligned),
 	};

@@ -112,9 +112,10 @@ static void fork_with_holder(struct holder *h)
 	assert_int_equal(waitpid(pid, &st, 0), pid);
 	pthread_join(t, NULL);
 	if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM)
-		print_error("child hung for %d s: deadlocked on a lock held at fork time by a thread "
-			    "that does not exist in the child (mode %s)\n",
-			    CHILD_SECONDS, sa_percpu_mode());
+		print_error(
+			"child hung for %d s: deadlocked on a lock held at fork time by a thread "
+			"that does not exist in the child (mode %s)\n",
+			CHILD_SECONDS, sa_percpu_mode());
 	else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		print_error("child failed: %s %d\n", WIFEXITED(st) ? "status" : "signal",
 			    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
@@ -155,8 +156,11 @@ static void test_fork_while_draining(void **state)
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		alarm(CHILD_SECONDS);
-		struct holder h = {.lock = drain_lock_then_slot, .unlock = drain_unlock_after_slot,
-				   .c = c, .cpu = first_allowed_cpu(), .hold_ms = 300};
+		struct holder h = {.lock = drain_lock_then_slot,
+				   .unlock = drain_unlock_after_slot,
+				   .c = c,
+				   .cpu = first_allowed_cpu(),
+				   .hold_ms = 300};
 		pthread_t t;
 		if (pthread_create(&t, NULL, holder_main, &h) != 0)
 			_exit(10);
@@ -207,8 +211,11 @@ static void test_fork_while_slot_locked(void **state)
 	(void)state;
 	struct sa_cache *c = sa_cache_create("fork-slot", 64, NULL);
 	assert_non_null(c);
-	struct holder h = {.lock = slot_lock, .unlock = slot_unlock, .c = c,
-			   .cpu = first_allowed_cpu(), .hold_ms = 300};
+	struct holder h = {.lock = slot_lock,
+			   .unlock = slot_unlock,
+			   .c = c,
+			   .cpu = first_allowed_cpu(),
+			   .hold_ms = 300};
 	fork_with_holder(&h);
 	sa_cache_destroy(c);
 }
@@ -218,8 +225,11 @@ static void test_fork_while_node_locked(void **state)
 	(void)state;
 	struct sa_cache *c = sa_cache_create("fork-node", 64, NULL);
 	assert_non_null(c);
-	struct holder h = {.lock = node_lock, .unlock = node_unlock, .c = c,
-			   .cpu = first_allowed_cpu(), .hold_ms = 300};
+	struct holder h = {.lock = node_lock,
+			   .unlock = node_unlock,
+			   .c = c,
+			   .cpu = first_allowed_cpu(),
+			   .hold_ms = 300};
 	fork_with_holder(&h);
 	sa_cache_destroy(c);
 }

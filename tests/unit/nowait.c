@@ -26,7 +26,7 @@
 #include <time.h>
 #include <ucontext.h>
 
-#define HOLD_MS 700
+#define HOLD_MS	    700
 #define MAX_WAIT_MS 350 /* a NOWAIT call that takes longer than this waited */
 
 static cpu_set_t saved;
@@ -132,12 +132,13 @@ static void test_nowait_barn_lock_held(void **state)
 	void *objs[M];
 	int got;
 	double worst = nowait_allocs_while_held(c, &c->nodes[node]->barn.lock, objs, M, &got);
-	print_message("barn lock held: %d of %d NOWAIT allocations served, slowest %.1f ms\n", got, M,
-		      worst);
+	print_message("barn lock held: %d of %d NOWAIT allocations served, slowest %.1f ms\n", got,
+		      M, worst);
 	if (worst >= MAX_WAIT_MS)
-		print_error("a SA_NOWAIT allocation waited %.0f ms for the barn lock another thread "
-			    "held\n",
-			    worst);
+		print_error(
+			"a SA_NOWAIT allocation waited %.0f ms for the barn lock another thread "
+			"held\n",
+			worst);
 	assert_true(worst < MAX_WAIT_MS);
 	sa_cache_free_bulk(c, (size_t)got, objs);
 	sa_cache_free_bulk(c, 40, warm);
@@ -206,7 +207,8 @@ static int use_up_meta_chunk(void)
 	}
 	if (!start2)
 		return -1;
-	size_t blocks = (size_t)(start2 - start1) / B; /* blocks per chunk, if chunks were adjacent */
+	size_t blocks =
+		(size_t)(start2 - start1) / B; /* blocks per chunk, if chunks were adjacent */
 	if (blocks == 0 || blocks > 4096)
 		blocks = 16; /* 1 MiB chunks */
 	/* start2's chunk has one block used: take the rest, each must follow the previous one */

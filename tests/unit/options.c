@@ -67,16 +67,16 @@ static void test_bad_values_keep_defaults(void **state)
 	static const char *const bad[] = {
 		"sheaf_capacity=abc",
 		"sheaf_capacity=-1",
-		"sheaf_capacity=70000",          /* above the range */
+		"sheaf_capacity=70000", /* above the range */
 		"sheaf_capacity=12abc",
-		"sheaf_capacity=",               /* empty value */
-		"sheaf_capacity",                /* no value */
+		"sheaf_capacity=",			 /* empty value */
+		"sheaf_capacity",			 /* no value */
 		"barn_max_full=99999999999999999999999", /* overflow */
 		"barn_max_empty=x",
 		"percpu=maybe",
 		"percpu=",
 		"limit=12Q",
-		"limit=17179869184T",            /* overflows 64 bits after the suffix */
+		"limit=17179869184T", /* overflows 64 bits after the suffix */
 		"limit=-5",
 		"stats_print=yes",
 		"debug=some",
@@ -144,8 +144,9 @@ static void test_mixed_good_and_bad(void **state)
 	(void)state;
 	struct capture cap;
 	struct sa_options before = sa_opt;
-	const char *msg = parse_captured(&cap, "bogus,sheaf_capacity=16,also=bad,barn_max_empty=oops,"
-					       "barn_max_full=7");
+	const char *msg =
+		parse_captured(&cap, "bogus,sheaf_capacity=16,also=bad,barn_max_empty=oops,"
+				     "barn_max_full=7");
 	assert_int_equal(count_substr(msg, "\n"), 3);
 	assert_non_null(strstr(msg, "bogus"));
 	assert_non_null(strstr(msg, "also"));
@@ -162,7 +163,8 @@ static void test_empty_strings(void **state)
 	(void)state;
 	struct sa_options before = sa_opt;
 	struct capture cap;
-	static const char *const empty[] = {"", ",", ",,,", "sheaf_capacity=8,", ",sheaf_capacity=8"};
+	static const char *const empty[] = {"", ",", ",,,", "sheaf_capacity=8,",
+					    ",sheaf_capacity=8"};
 	const char *msg = parse_captured(&cap, NULL);
 	assert_string_equal(msg, "");
 	capture_free(&cap);
@@ -204,7 +206,8 @@ static void test_rseq_registration(void **state)
 	const char *t = getenv("GLIBC_TUNABLES");
 	int glibc_off = t && strstr(t, "glibc.pthread.rseq=0");
 	sa_numa_nodes();
-	print_message("sa_pcs_mode %d (glibc rseq %s)\n", sa_pcs_mode, glibc_off ? "off" : "default");
+	print_message("sa_pcs_mode %d (glibc rseq %s)\n", sa_pcs_mode,
+		      glibc_off ? "off" : "default");
 	if (expect_fallback_mode()) {
 		assert_int_equal(sa_pcs_mode, SA_PCS_FALLBACK);
 	} else if (glibc_off) {

@@ -26,8 +26,7 @@ static int pin_teardown(void **state)
 }
 
 /* Takes exactly n objects, then drains the rest: a NULL only when sa_sheaf_size says empty. */
-static size_t take_all(struct sa_cache *c, struct sa_sheaf *s, unsigned n, void **out,
-		       size_t max)
+static size_t take_all(struct sa_cache *c, struct sa_sheaf *s, unsigned n, void **out, size_t max)
 {
 	size_t k = 0;
 	assert_true(sa_sheaf_size(s) >= n);
@@ -308,8 +307,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_prefill_exact, pin_setup, pin_teardown),
 		cmocka_unit_test(test_prefill_exact_unpinned),
-		cmocka_unit_test_setup_teardown(test_prefill_partial_use, pin_setup,
-						pin_teardown),
+		cmocka_unit_test_setup_teardown(test_prefill_partial_use, pin_setup, pin_teardown),
 		cmocka_unit_test_setup_teardown(test_refill, pin_setup, pin_teardown),
 		cmocka_unit_test_setup_teardown(test_return_counters, pin_setup, pin_teardown),
 		cmocka_unit_test(test_many_sheaves),
