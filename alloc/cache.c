@@ -92,14 +92,9 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 	if ((args->flags & SA_CACHE_HWCACHE_ALIGN) && align < SA_CACHELINE &&
 	    size > SA_CACHELINE / 2)
 		align = SA_CACHELINE;
-	size_t freeptr_off = 0, stride;
-	if (args->ctor || (args->flags & SA_CACHE_TYPESAFE_RCU)) {
-		/* the free link must not overwrite constructed (or RCU-visible) state */
-		freeptr_off = (size + 7) & ~(size_t)7;
-		stride = (freeptr_off + sizeof(void *) + align - 1) & ~(align - 1);
-	} else {
-		stride = (size + align - 1) & ~(align - 1);
-	}
+	/* nothing is written into a free object (slabs keep bitmaps), so a constructed or
+	 * SA_CACHE_TYPESAFE_RCU object needs no room for a link */
+	size_t stride = (size + align - 1) & ~(align - 1);
 	size_t units = (stride * 8 + SA_UNIT_SIZE - 1) / SA_UNIT_SIZE;
 	if (units > 32)
 		units = (stride * 2 + SA_UNIT_SIZE - 1) / SA_UNIT_SIZE;
@@ -137,7 +132,7 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 	c->stride = (uint32_t)stride;
 	c->align = (uint32_t)align;
 	c->capacity = capacity;
-	c->freeptr_off = (uint32_t)freeptr_off;
+	c->stride_recip = ((1ull << SA_RECIP_SHIFT) + stride - 1) / stride;
 	c->flags = args->flags;
 	c->ctor = args->ctor;
 	c->slab_units = (uint32_t)units;
@@ -347,7 +342,7 @@ SA_API const char *sa_cache_name(const struct sa_cache *c)
 
 SA_API size_t sa_cache_object_size(const struct sa_cache *c)
 {
-	return c ? (c->freeptr_off ? c->freeptr_off : c->stride) : 0;
+	return c ? c->stride : 0;
 }
 
 SA_API unsigned sa_cache_sheaf_capacity(const struct sa_cache *c)

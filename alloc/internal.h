@@ -5,7 +5,7 @@
  *   segment  4 MiB of address space aligned to 4 MiB, mapped for one NUMA node. Its first 64 KiB
  *            unit holds the segment header (struct sa_segment) with one struct sa_slab per unit.
  *   unit     64 KiB of a segment; a slab is a run of 1..63 units.
- *   slab     objects of one cache carved from a unit run; free objects form an intrusive list.
+ *   slab     objects of one cache carved from a unit run; a bitmap marks the free ones.
  *   sheaf    an array of free object pointers of one cache and one node (struct sa_sheaf).
  *   slot     a cache's per-CPU record: main and spare sheaf, stop flag, node (struct sa_pcs_slot).
  *   barn     per cache and node: bounded lists of full and empty sheaves (struct sa_barn).
@@ -15,7 +15,7 @@
  *   1b. c->drain_lock      remote work on one cache's slots (shrink, destroy)
  *   2. slot (fallback mode) per-CPU slot spinlock; in rseq mode a slot is not a lock
  *   3. barn->lock          one barn's lists; never held across a slab operation
- *   4. cnode->lock         one cache's slabs on one node (partial list, slab freelists)
+ *   4. cnode->lock         one cache's slabs on one node (partial list, slab bitmaps)
  *   5. pages->lock         one node's segments and their free units
  *   6. sa_meta_lock        the internal metadata allocator
  * No lock is held across user code (constructors run with no lock held).
@@ -50,6 +50,7 @@
 #define SA_CACHE_MAX_SIZE  (1ul << 20) /* largest object a cache serves */
 #define SA_CACHE_MAX_ALIGN SA_UNIT_SIZE
 #define SA_ADDR_BITS	   47
+#define SA_RECIP_SHIFT	   44 /* exact for offsets * strides below 2^44 (slab < 2^22, stride < 2^22) */
 
 /* ---------------------------------------------------------------- stats (docs/api.md) ------- */
 enum sa_stat_item {
@@ -152,15 +153,16 @@ struct sa_barn {
 struct sa_slab {
 	struct sa_cache *cache; /* owner; NULL when the unit is free. Written before publication */
 	struct sa_slab *head;	/* first unit of this slab */
-	void *freelist;		/* cnode->lock: free objects, linked at cache->freeptr_off */
-	char *bump;		/* cnode->lock: next never-carved object */
-	struct sa_slab *next;	/* cnode->lock: partial list */
-	struct sa_slab *prev;	/* cnode->lock */
-	uint32_t inuse;		/* cnode->lock: objects carved and not on the freelist */
-	uint32_t nobjs;		/* objects this slab holds */
-	int32_t node;		/* node of the segment */
-	uint16_t nunits;	/* units in this slab */
-	uint16_t on_partial;	/* cnode->lock */
+	uint64_t *bits;		/* cnode->lock: bit i set = object i free (meta memory) */
+	uint32_t hint;		/* cnode->lock: no set bit in the words before this one */
+	uint32_t pad;
+	struct sa_slab *next; /* cnode->lock: partial list */
+	struct sa_slab *prev; /* cnode->lock */
+	uint32_t inuse;	      /* cnode->lock: objects out of the slab (bit clear) */
+	uint32_t nobjs;	      /* objects this slab holds */
+	int32_t node;	      /* node of the segment */
+	uint16_t nunits;      /* units in this slab */
+	uint16_t on_partial;  /* cnode->lock */
 };
 _Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
 
@@ -183,13 +185,13 @@ _Static_assert(offsetof(struct sa_segment, slabs) == 64, "sa_slab_of relies on i
 /* ---------------------------------------------------------------- caches (alloc/cache.c) ---- */
 struct sa_cache_node {
 	pthread_mutex_t lock;
-	struct sa_slab *partial;      /* lock: slabs with free or uncarved objects */
+	struct sa_slab *partial;      /* lock: slabs with a free object */
 	struct sa_slab *partial_tail; /* lock */
 	uint32_t nr_partial;	      /* lock */
 	uint32_t nr_empty;	      /* lock: partial slabs with inuse == 0 */
 	uint64_t nr_slabs;	      /* lock */
 	uint64_t units;		      /* lock: units held by this cache on this node */
-	uint64_t objs_out;	      /* lock: objects carved and not on a slab freelist */
+	uint64_t objs_out;	      /* lock: objects out of slabs (in use or in sheaves) */
 	struct sa_barn barn;
 } __attribute__((aligned(SA_CACHELINE)));
 
@@ -202,9 +204,9 @@ struct sa_cache {
 	uint32_t stride;	   /* bytes between objects */
 	uint32_t size;		   /* requested object size */
 	uint32_t align;
-	uint32_t capacity;    /* sheaf capacity */
-	uint32_t freeptr_off; /* where a free object keeps its link */
-	uint32_t flags;	      /* SA_CACHE_* */
+	uint32_t capacity;     /* sheaf capacity */
+	uint64_t stride_recip; /* ceil(2^SA_RECIP_SHIFT / stride): object index by multiply */
+	uint32_t flags;	       /* SA_CACHE_* */
 	void (*ctor)(void *obj);
 	uint32_t slab_units;
 	uint32_t slab_objs;
@@ -320,7 +322,8 @@ void sa_segment_atfork(int phase);
 /* slabs (alloc/slab.c); every function takes and drops cnode->lock itself */
 unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags);
 void *sa_slab_alloc_one(struct sa_cache *c, int node, sa_flags_t flags);
-void sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n);
+/* returns the objects taken back; the others were bad frees (reported) */
+unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n);
 void sa_slab_free_one(struct sa_cache *c, void *obj);
 void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
 uint64_t sa_slab_inuse_racy(struct sa_cache *c); /* objects out of slabs (in use + cached) */

@@ -325,7 +325,7 @@ SA_API size_t sa_malloc_usable_size(void *p)
 		struct sa_segment *seg = seg_of(p);
 		return seg->huge_len - seg->huge_off;
 	}
-	return c->freeptr_off ? c->freeptr_off : c->stride;
+	return c->stride;
 }
 
 static void *huge_realloc(void *p, size_t size)

@@ -200,8 +200,8 @@ void sa_segment_free_units(struct sa_slab *head)
 		struct sa_slab *u = &head[i];
 		__atomic_store_n(&u->cache, NULL, __ATOMIC_RELEASE);
 		u->head = NULL;
-		u->freelist = NULL;
-		u->bump = NULL;
+		u->bits = NULL;
+		u->hint = 0;
 		u->next = u->prev = NULL;
 		u->inuse = u->nobjs = 0;
 		u->nunits = 0;

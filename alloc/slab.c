@@ -1,33 +1,38 @@
 /*
  * alloc/slab.c — slabs of one cache on one node (docs/design.md §2).
  *
- * Owns: each cache node's partial list and every slab's freelist, bump pointer and inuse count.
+ * Owns: each cache node's partial list and every slab's free bitmap, scan hint and inuse count.
  * cnode->lock (rank 4) protects them; it is never held across a constructor, an mmap or
- * madvise. A slab is on the partial list iff it has a free or never-carved object; a slab whose
- * inuse drops to 0 stays on the list while the node keeps at most SA_KEEP_EMPTY such slabs,
- * beyond that it is released to the page layer (after the lock is dropped).
+ * madvise. A slab is on the partial list iff it has a free object; a slab whose inuse drops to
+ * 0 stays on the list while the node keeps at most SA_KEEP_EMPTY such slabs, beyond that it is
+ * released to the page layer (after the lock is dropped).
  *
- * Carving: caches without a constructor carve lazily with a bump pointer (untouched pages cost
- * no RSS). Caches with a constructor construct every object of a new slab before the slab is
- * published, outside any lock, and keep the free link after the object (freeptr_off == the
- * object size rounded up), so a free object keeps its constructed state.
+ * Free objects: one bit per object in a bitmap allocated from the metadata allocator (set =
+ * free), so neither a refill nor a flush touches the objects themselves: a refill scans words
+ * from the slab's hint and hands out objects in address order; a flush sets bits. A new slab
+ * starts with every bit set; its pages are touched only when its objects are used. Caches with
+ * a constructor construct every object of a new slab before the slab is published, outside any
+ * lock; nothing is ever written into a free object, so it keeps its constructed state.
+ * A flush finds two kinds of bad free on the way, which are reported and ignored: a pointer
+ * that is not at an object boundary, and an object whose bit is already set (a double free).
  */
-#include <string.h>
-
 #include "alloc/internal.h"
 
 #define SA_KEEP_EMPTY 2
 
-static void link_obj(struct sa_cache *c, void *obj, void *next)
+static size_t bitmap_bytes(uint32_t nobjs)
 {
-	memcpy((char *)obj + c->freeptr_off, &next, sizeof(next));
+	return ((size_t)nobjs + 63) / 64 * sizeof(uint64_t);
 }
 
-static void *next_obj(struct sa_cache *c, void *obj)
+/* Index of obj in the slab at base; UINT32_MAX if obj is not at an object boundary. */
+static uint32_t obj_index(const struct sa_cache *c, const struct sa_slab *s, const void *obj)
 {
-	void *n;
-	memcpy(&n, (char *)obj + c->freeptr_off, sizeof(n));
-	return n;
+	uint64_t off = (uint64_t)((const char *)obj - sa_slab_base(s));
+	uint64_t i = (off * c->stride_recip) >> SA_RECIP_SHIFT; /* exact: off * stride < 2^44 */
+	if (SA_UNLIKELY(i * c->stride != off || i >= s->nobjs))
+		return UINT32_MAX;
+	return (uint32_t)i;
 }
 
 static void partial_add_locked(struct sa_cache_node *n, struct sa_slab *s, bool head)
@@ -67,26 +72,30 @@ static void partial_del_locked(struct sa_cache_node *n, struct sa_slab *s)
 
 static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 {
-	struct sa_slab *s = sa_segment_alloc_units(node, c->slab_units, flags, &c->bind_failures);
-	if (!s)
+	uint64_t *bits = sa_meta_alloc_flags(bitmap_bytes(c->slab_objs), flags);
+	if (!bits)
 		return NULL;
-	char *base = sa_slab_base(s);
-	s->nobjs = c->slab_objs;
+	struct sa_slab *s = sa_segment_alloc_units(node, c->slab_units, flags, &c->bind_failures);
+	if (!s) {
+		sa_meta_free(bits, bitmap_bytes(c->slab_objs));
+		return NULL;
+	}
+	uint32_t nobjs = c->slab_objs;
+	for (uint32_t w = 0; w < nobjs / 64; w++)
+		bits[w] = ~0ull;
+	if (nobjs % 64)
+		bits[nobjs / 64] = (1ull << (nobjs % 64)) - 1;
+	s->bits = bits;
+	s->hint = 0;
+	s->nobjs = nobjs;
 	s->inuse = 0;
-	s->freelist = NULL;
 	s->next = s->prev = NULL;
 	s->on_partial = 0;
 	if (c->ctor) {
-		/* construct all objects now, outside every lock; link them in address order */
-		for (uint32_t i = c->slab_objs; i-- > 0;) {
-			void *obj = base + (size_t)i * c->stride;
-			c->ctor(obj);
-			link_obj(c, obj, s->freelist);
-			s->freelist = obj;
-		}
-		s->bump = NULL;
-	} else {
-		s->bump = base;
+		/* construct all objects now, outside every lock */
+		char *base = sa_slab_base(s);
+		for (uint32_t i = 0; i < nobjs; i++)
+			c->ctor(base + (size_t)i * c->stride);
 	}
 	for (unsigned i = 0; i < s->nunits; i++)
 		__atomic_store_n(&s[i].cache, c, __ATOMIC_RELEASE);
@@ -97,6 +106,8 @@ static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 static void slab_release(struct sa_cache *c, struct sa_slab *s)
 {
 	sa_stat_add(c, SA_STAT_SLAB_FREE, 1);
+	sa_meta_free(s->bits, bitmap_bytes(s->nobjs));
+	s->bits = NULL;
 	sa_segment_free_units(s);
 }
 
@@ -108,30 +119,32 @@ static bool node_lock(struct sa_cache_node *n, sa_flags_t flags)
 	return true;
 }
 
-/* Take up to want objects from s (locked). */
+/* Take up to want objects from s (locked), in address order from the hint on. */
 static unsigned take_locked(struct sa_cache *c, struct sa_cache_node *n, struct sa_slab *s,
 			    void **dst, unsigned want)
 {
 	unsigned got = 0;
 	if (s->inuse == 0 && want)
 		n->nr_empty--;
-	while (got < want && s->freelist) {
-		void *obj = s->freelist;
-		s->freelist = next_obj(c, obj);
-		dst[got++] = obj;
-	}
-	if (s->bump) {
-		char *end = sa_slab_base(s) + (size_t)s->nobjs * c->stride;
-		while (got < want && s->bump < end) {
-			dst[got++] = s->bump;
-			s->bump += c->stride;
+	char *base = sa_slab_base(s);
+	size_t stride = c->stride;
+	uint32_t words = (s->nobjs + 63) / 64, w = s->hint;
+	while (got < want && w < words) {
+		uint64_t b = s->bits[w];
+		char *wbase = base + (size_t)w * 64 * stride;
+		while (b && got < want) {
+			dst[got++] = wbase + (size_t)__builtin_ctzll(b) * stride;
+			b &= b - 1;
 		}
-		if (s->bump >= end)
-			s->bump = NULL;
+		s->bits[w] = b;
+		if (b)
+			break;
+		w++;
 	}
+	s->hint = w;
 	s->inuse += got;
 	n->objs_out += got;
-	if (!s->freelist && !s->bump)
+	if (s->inuse == s->nobjs)
 		partial_del_locked(n, s);
 	return got;
 }
@@ -172,12 +185,24 @@ void *sa_slab_alloc_one(struct sa_cache *c, int node, sa_flags_t flags)
 	return sa_slab_refill(c, node, &obj, 1, flags) ? obj : NULL;
 }
 
-/* Return obj to its slab (locked); a slab to release is handed back through *rel. */
-static void put_locked(struct sa_cache *c, struct sa_cache_node *n, void *obj, struct sa_slab **rel)
+/* Return obj to its slab (locked); a slab to release is handed back through *rel. 0 if obj
+ * was a bad free (reported, nothing changed). */
+static int put_locked(struct sa_cache *c, struct sa_cache_node *n, void *obj, struct sa_slab **rel)
 {
 	struct sa_slab *s = sa_slab_of(obj)->head;
-	link_obj(c, obj, s->freelist);
-	s->freelist = obj;
+	uint32_t i = obj_index(c, s, obj);
+	if (SA_UNLIKELY(i == UINT32_MAX)) {
+		sa_cache_bad_free(c, obj, "not the start of an object (found when flushed)");
+		return 0;
+	}
+	uint64_t bit = 1ull << (i % 64);
+	if (SA_UNLIKELY(s->bits[i / 64] & bit)) {
+		sa_cache_bad_free(c, obj, "double free (found when flushed)");
+		return 0;
+	}
+	s->bits[i / 64] |= bit;
+	if (i / 64 < s->hint)
+		s->hint = i / 64;
 	s->inuse--;
 	n->objs_out--;
 	if (!s->on_partial)
@@ -193,6 +218,7 @@ static void put_locked(struct sa_cache *c, struct sa_cache_node *n, void *obj, s
 			n->nr_empty++;
 		}
 	}
+	return 1;
 }
 
 static void release_list(struct sa_cache *c, struct sa_slab *rel)
@@ -204,15 +230,17 @@ static void release_list(struct sa_cache *c, struct sa_slab *rel)
 	}
 }
 
-void sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n)
+unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n)
 {
 	struct sa_cache_node *cn = c->nodes[node];
 	struct sa_slab *rel = NULL;
+	unsigned done = 0;
 	pthread_mutex_lock(&cn->lock);
 	for (unsigned i = 0; i < n; i++)
-		put_locked(c, cn, objs[i], &rel);
+		done += (unsigned)put_locked(c, cn, objs[i], &rel);
 	pthread_mutex_unlock(&cn->lock);
 	release_list(c, rel);
+	return done;
 }
 
 void sa_slab_free_one(struct sa_cache *c, void *obj)

@@ -78,9 +78,9 @@ void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s)
 	for (uint32_t i = 0; i < s->size; i++)
 		SA_TSAN_ACQUIRE(s->objects[i]);
 #endif
-	sa_slab_free_batch(c, s->node, s->objects, s->size);
+	unsigned done = sa_slab_free_batch(c, s->node, s->objects, s->size);
 	sa_stat_add(c, SA_STAT_FLUSH, 1);
-	sa_stat_add(c, SA_STAT_FLUSH_OBJECTS, s->size);
+	sa_stat_add(c, SA_STAT_FLUSH_OBJECTS, done);
 	s->size = 0;
 }
 

@@ -116,6 +116,55 @@ static void test_free_after_slab_released(void **state)
 	sa_cache_destroy(c);
 }
 
+/* The fast path takes a double free or an interior pointer into a sheaf; the slab's bitmap
+ * catches both when the sheaf is flushed: reported, ignored, never handed out twice. */
+static void test_double_free_found_at_flush(void **state)
+{
+	(void)state;
+	struct sa_cache *c = sa_cache_create("double-free-victim", 48, NULL);
+	assert_non_null(c);
+	enum { N = 64 };
+	void *objs[N];
+	assert_int_equal(sa_cache_alloc_bulk(c, 0, N, objs), N);
+	char *a = objs[5];
+	sa_cache_free(c, a);
+	sa_cache_free(c, a);	   /* double free */
+	sa_cache_free(c, a + 8);   /* inside a free object */
+	sa_cache_free(c, objs[6]); /* a good one */
+	struct capture cap;
+	capture_begin(&cap);
+	sa_cache_shrink(c); /* flushes every sheaf into the slabs */
+	const char *msg = capture_end(&cap);
+	assert_non_null(msg);
+	if (count_substr(msg, "double free") != 1 || count_substr(msg, "not the start") != 1)
+		print_error("messages:\n%s", msg ? msg : "");
+	assert_int_equal(count_substr(msg, "double free"), 1);
+	assert_int_equal(count_substr(msg, "not the start of an object"), 1);
+	assert_non_null(strstr(msg, "double-free-victim"));
+	capture_free(&cap);
+	/* everything the cache hands out from now on is distinct, at an object start, and neither
+	 * the live objects nor a twice-freed object comes out twice */
+	static void *more[N + 4000];
+	size_t m = 0;
+	for (int i = 0; i < N; i++)
+		if (i != 5 && i != 6)
+			more[m++] = objs[i];
+	for (int i = 0; i < 4000; i++) {
+		more[m] = sa_cache_alloc(c, 0);
+		assert_non_null(more[m]);
+		check_object_of(c, more[m]); /* at an object start */
+		m++;
+	}
+	check_no_duplicates(more, m);
+	for (size_t i = 0; i < m; i++)
+		sa_cache_free(c, more[i]);
+	capture_begin(&cap);
+	sa_cache_destroy(c);
+	msg = capture_end(&cap);
+	assert_string_equal(msg, ""); /* nothing leaked, nothing reported */
+	capture_free(&cap);
+}
+
 static void test_destroy_with_live_objects(void **state)
 {
 	(void)state;
@@ -187,6 +236,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_bad_frees_ignored),
 		cmocka_unit_test(test_free_after_slab_released),
+		cmocka_unit_test(test_double_free_found_at_flush),
 		cmocka_unit_test(test_destroy_with_live_objects),
 		cmocka_unit_test(test_destroy_many_caches),
 	};

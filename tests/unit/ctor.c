@@ -1,7 +1,7 @@
 /*
  * tests/unit/ctor.c — constructors: run once per object when it is carved from a new slab, never
- * again while the slab lives; a free object keeps its constructed state (a cache with a ctor
- * keeps the free link outside the object), through sheaves and through slab freelists.
+ * again while the slab lives; a free object keeps its constructed state (nothing is written into
+ * a free object), through sheaves and through the slabs' free bitmaps.
  */
 #include "sa_test.h"
 
@@ -94,8 +94,8 @@ static void run_ctor_case(size_t size)
 	if (st.slabs_freed == 0)
 		assert_int_equal(ctor_calls, calls_after_carve);
 
-	/* free every other object and flush the sheaves to the slabs: the freed objects sit on
-	 * slab freelists (their links written) while their slabs stay alive, then come back */
+	/* free every other object and flush the sheaves to the slabs: the freed objects sit in
+	 * their slabs (bits set) while the slabs stay alive, then come back */
 	for (int i = 0; i < M; i += 2)
 		sa_cache_free(c, objs[i]);
 	assert_int_equal(sa_cache_shrink(c), 0);
@@ -107,9 +107,8 @@ static void run_ctor_case(size_t size)
 		objs[i] = sa_cache_alloc(c, 0);
 		assert_non_null(objs[i]);
 		if (!constructed(objs[i], size))
-			print_error(
-				"%s: object %p from a slab freelist lost its constructed state\n",
-				name, objs[i]);
+			print_error("%s: object %p back from its slab lost its constructed state\n",
+				    name, objs[i]);
 		assert_true(constructed(objs[i], size));
 	}
 	check_no_duplicates(objs, M);
