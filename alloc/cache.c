@@ -17,7 +17,7 @@
 
 static unsigned auto_capacity(size_t stride)
 {
-	/* header + capacity * 8 fills a power-of-two metadata block: 2 KiB, 1 KiB, 512, 256, 128.
+	/* SA_SHEAF_BYTES(capacity) (header, capacity * 8, guard) fills a power-of-two metadata block: 2 KiB, 1 KiB, 512, 256, 128.
 	 * docs/design.md §7 has the measurements behind these. */
 	if (stride <= 128)
 		return 248;
@@ -37,8 +37,10 @@ struct sa_cache *sa_cache_alloc_struct(void)
 	if (!c)
 		return NULL;
 	c->slots = SA_CACHE_SLOTS(c);
-	for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
 		c->slots[cpu].sh[0] = c->slots[cpu].sh[1] = c->slots[cpu].rcu = &sa_sheaf_sentinel;
+		c->slots[cpu].top = sa_top_encode(&sa_sheaf_sentinel, 0, 0);
+	}
 	return c;
 }
 

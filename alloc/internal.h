@@ -108,34 +108,67 @@ struct sa_sheaf {
 	uint32_t install_size;	/* size when installed in a slot (owner) */
 	uint32_t flags;		/* SA_SHEAF_* */
 	uint64_t taken;		/* prefilled: objects handed out by sa_sheaf_alloc */
-	uint64_t pad[2];
-	void *objects[]; /* at offset 64 (asm relies on it) */
+	void *guard_lo;		/* SA_SHEAF_GUARD: objects[-1], how a pop sees the sheaf empty */
+	void *objects[]; /* [capacity + 1], at offset 56 (asm relies on it); objects[capacity] is
+			  * SA_SHEAF_GUARD, which is how a push sees that the sheaf is full */
 };
-#define SA_SHEAF_OVERSIZE  1u /* capacity differs from the cache's: flushed and freed on return */
-#define SA_SHEAF_PREFILLED 2u /* held by a user through the sheaf API */
-#define SA_SHEAF_HDR	   64
+#define SA_SHEAF_OVERSIZE	 1u /* capacity differs from the cache's: flushed and freed on return */
+#define SA_SHEAF_PREFILLED	 2u /* held by a user through the sheaf API */
+#define SA_SHEAF_HDR		 56
+#define SA_SHEAF_GUARD		 ((void *)1) /* never an object: objects are at least 8-aligned */
+#define SA_SHEAF_BYTES(capacity) (SA_SHEAF_HDR + ((size_t)(capacity) + 1) * sizeof(void *))
 
 _Static_assert(offsetof(struct sa_sheaf, objects) == SA_SHEAF_HDR, "asm offsets");
-_Static_assert(offsetof(struct sa_sheaf, capacity) == 8, "asm offsets");
+_Static_assert(offsetof(struct sa_sheaf, guard_lo) == SA_SHEAF_HDR - 8, "guard below objects");
 
 extern struct sa_sheaf sa_sheaf_sentinel; /* empty and full at once: capacity 0 */
 
 /*
  * Per-CPU slot of a cache: 64 bytes, one per possible CPU.
- * sh[0] is main, sh[1] the spare; both never NULL (the sentinel stands for "none"). They sit in
- * one aligned 16 bytes so that a swap commits with one 16-byte store.
+ * sh[0] is main, sh[1] the spare; both never NULL (the sentinel stands for "none").
+ * The main sheaf's state lives in the slot as `top`: the address of objects[size] in the low 48
+ * bits and a 16-bit count of fast-path operations above (SA_TOP_*). A pop loads objects[size-1]
+ * through it (the guard below objects[0] says empty), a push stores at objects[size] (the guard
+ * at objects[capacity] says full), and either commits by storing top: neither reads main or the
+ * sheaf's header. (An index into main->objects measured 3x slower than this pointer for a
+ * malloc/free pair on the build machine: every free recomputed the address from two loads.)
+ * The header's `state` of the main sheaf is stale until the sheaf is taken out: the exchange
+ * section writes it back from top before its commit, which stores {top, main} of the new main
+ * sheaf with one 16-byte store. A spare keeps its state in its own header.
  */
 struct sa_pcs_slot {
 	uint32_t stopped; /* rseq: set by a remote thread that owns the slot (fence follows) */
 	int32_t node;	  /* node of this CPU; written at creation and topology load */
 	uint32_t lock;	  /* fallback mode spinlock */
 	uint32_t pad0;
+	uint64_t top;		/* owner: &sh[0]->objects[size] | ops << SA_TOP_OPS_SHIFT */
 	struct sa_sheaf *sh[2]; /* owner CPU (rseq) / lock (fallback) */
 	struct sa_sheaf *rcu;	/* reserved for sa_free_rcu batching */
-	uint64_t pad[3];
+	uint64_t pad[2];
 } __attribute__((aligned(SA_CACHELINE)));
 _Static_assert(sizeof(struct sa_pcs_slot) == 64, "slot is one line");
-_Static_assert(offsetof(struct sa_pcs_slot, sh) == 16, "asm offsets");
+_Static_assert(offsetof(struct sa_pcs_slot, top) == 16, "asm offsets");
+
+#define SA_TOP_OPS_SHIFT 48
+#define SA_TOP_ADDR_MASK ((1ull << SA_TOP_OPS_SHIFT) - 1)
+#define SA_TOP_OPS_MAX	 (1u << 15) /* a section reaching it (sign bit) folds first */
+
+static inline uint64_t sa_top_encode(struct sa_sheaf *s, uint32_t size, uint32_t ops)
+{
+	return (uint64_t)(uintptr_t)&s->objects[size] | (uint64_t)ops << SA_TOP_OPS_SHIFT;
+}
+
+static inline uint32_t sa_top_size(const struct sa_sheaf *s, uint64_t top)
+{
+	return (uint32_t)(((top & SA_TOP_ADDR_MASK) - (uintptr_t)&s->objects[0]) / sizeof(void *));
+}
+
+/* the header state word (size | ops << 32) that a slot's top stands for */
+static inline uint64_t sa_top_to_state(const struct sa_sheaf *s, uint64_t top)
+{
+	return sa_top_size(s, top) | (top >> SA_TOP_OPS_SHIFT) << 32;
+}
+_Static_assert(offsetof(struct sa_pcs_slot, sh) == 24, "asm offsets");
 _Static_assert(offsetof(struct sa_pcs_slot, node) == 4, "asm offsets");
 
 /* ---------------------------------------------------------------- barns (barn/) ------------- */

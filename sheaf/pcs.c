@@ -64,19 +64,36 @@ static void set_state(struct sa_sheaf *s, uint32_t size, uint32_t ops)
 	__atomic_store_n(&s->state, (uint64_t)size | ((uint64_t)ops << 32), __ATOMIC_RELAXED);
 }
 
+static void set_top(struct sa_pcs_slot *slot, uint64_t top)
+{
+	__atomic_store_n(&slot->top, top, __ATOMIC_RELAXED);
+}
+
+/* Fold the op counter of the installed main (slot locked): through its header and back. */
+static void fb_fold_main(struct sa_cache *c, struct sa_pcs_slot *slot)
+{
+	struct sa_sheaf *s = slot->sh[0];
+	if (s == &sa_sheaf_sentinel)
+		return;
+	s->state = sa_top_to_state(s, slot->top);
+	sa_pcs_fold(c, s);
+	set_top(slot, sa_top_encode(s, s->size, 0));
+}
+
 static void *fb_pop(struct sa_cache *c, int *why)
 {
 	struct sa_pcs_slot *slot = fb_lock(c);
-	struct sa_sheaf *s = slot->sh[0];
+	uint64_t top = slot->top;
+	void **t = (void **)(uintptr_t)(top & SA_TOP_ADDR_MASK);
 	void *obj = NULL;
-	if (s->size == 0) {
+	if (t[-1] == SA_SHEAF_GUARD) {
 		*why = SA_WHY_EMPTY;
-	} else if (s->ops >= (1u << 31)) {
-		sa_pcs_fold(c, s);
+	} else if ((top >> SA_TOP_OPS_SHIFT) >= SA_TOP_OPS_MAX - 1) {
+		fb_fold_main(c, slot);
 		*why = SA_WHY_RETRY;
 	} else {
-		obj = s->objects[s->size - 1];
-		set_state(s, s->size - 1, s->ops + 1);
+		obj = t[-1];
+		set_top(slot, top + (1ull << SA_TOP_OPS_SHIFT) - sizeof(void *));
 	}
 	spin_unlock(&slot->lock);
 	return obj;
@@ -85,40 +102,22 @@ static void *fb_pop(struct sa_cache *c, int *why)
 static int fb_push(struct sa_cache *c, void *obj, int node)
 {
 	struct sa_pcs_slot *slot = fb_lock(c);
-	struct sa_sheaf *s = slot->sh[0];
+	uint64_t top = slot->top;
+	void **t = (void **)(uintptr_t)(top & SA_TOP_ADDR_MASK);
 	int why = 0;
 	if (slot->node != node) {
 		why = SA_WHY_REMOTE;
-	} else if (s->size >= s->capacity) {
+	} else if (*t == SA_SHEAF_GUARD) {
 		why = SA_WHY_FULL;
-	} else if (s->ops >= (1u << 31)) {
-		sa_pcs_fold(c, s);
+	} else if ((top >> SA_TOP_OPS_SHIFT) >= SA_TOP_OPS_MAX - 1) {
+		fb_fold_main(c, slot);
 		why = SA_WHY_RETRY;
 	} else {
-		s->objects[s->size] = obj;
-		set_state(s, s->size + 1, s->ops + 1);
+		*t = obj;
+		set_top(slot, top + (1ull << SA_TOP_OPS_SHIFT) + sizeof(void *));
 	}
 	spin_unlock(&slot->lock);
 	return why;
-}
-
-static int fb_swap(struct sa_cache *c, int dir)
-{
-	struct sa_pcs_slot *slot = fb_lock(c);
-	struct sa_sheaf *m = slot->sh[0], *sp = slot->sh[1];
-	int r;
-	if (dir == DIR_ALLOC)
-		r = m->size ? SA_WHY_RETRY : sp->size ? 0 : SA_WHY_NOSPARE;
-	else
-		r = m->size < m->capacity     ? SA_WHY_RETRY
-		    : sp->size < sp->capacity ? 0
-					      : SA_WHY_NOSPARE;
-	if (r == 0) {
-		__atomic_store_n(&slot->sh[0], sp, __ATOMIC_RELAXED);
-		__atomic_store_n(&slot->sh[1], m, __ATOMIC_RELAXED);
-	}
-	spin_unlock(&slot->lock);
-	return r;
 }
 
 static int fb_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int node,
@@ -129,7 +128,13 @@ static int fb_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int 
 	if (node >= 0 && slot->node != node) {
 		r = SA_WHY_WRONGNODE;
 	} else {
-		*oldp = slot->sh[which];
+		struct sa_sheaf *old = slot->sh[which];
+		if (which == 0) {
+			if (old != &sa_sheaf_sentinel)
+				old->state = sa_top_to_state(old, slot->top);
+			set_top(slot, sa_top_encode(nw, nw->size, nw->ops));
+		}
+		*oldp = old;
 		__atomic_store_n(&slot->sh[which], nw, __ATOMIC_RELAXED);
 	}
 	spin_unlock(&slot->lock);
@@ -157,14 +162,14 @@ static int pcs_push(struct sa_cache *c, void *obj, int node)
 	return why;
 }
 
-static int pcs_swap(struct sa_cache *c, int dir)
+static int rseq_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int node,
+		     struct sa_sheaf **oldp)
 {
-	if (sa_pcs_mode == SA_PCS_FALLBACK)
-		return fb_swap(c, dir);
-	int r = sa_rseq_swap(c->slots, sa_rseq_off, dir);
-	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
-		r = sa_rseq_swap(c->slots, sa_rseq_off, dir);
-	return r;
+	if (which == 0)
+		return sa_rseq_xchg_main(c->slots, sa_rseq_off, nw,
+					 sa_top_encode(nw, nw->size, nw->ops), node,
+					 &sa_sheaf_sentinel, oldp);
+	return sa_rseq_xchg_spare(c->slots, sa_rseq_off, nw, node, oldp);
 }
 
 static int pcs_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int node,
@@ -174,9 +179,9 @@ static int pcs_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int
 		return fb_xchg(c, which, nw, node, oldp);
 	/* a sheaf changes hands through the slot: tell TSan, which cannot see the section */
 	SA_TSAN_RELEASE(nw);
-	int r = sa_rseq_xchg(c->slots, sa_rseq_off, which, nw, node, oldp);
+	int r = rseq_xchg(c, which, nw, node, oldp);
 	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
-		r = sa_rseq_xchg(c->slots, sa_rseq_off, which, nw, node, oldp);
+		r = rseq_xchg(c, which, nw, node, oldp);
 	if (r == 0)
 		SA_TSAN_ACQUIRE(*oldp);
 	return r;
@@ -219,6 +224,15 @@ void sa_pcs_stats_racy(struct sa_cache *c, uint64_t *allocs, uint64_t *frees, ui
 			if (s == &sa_sheaf_sentinel)
 				continue;
 			uint64_t st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
+			if (i == 0) { /* the main's state is the slot's top */
+				uint64_t top = __atomic_load_n(&slot->top, __ATOMIC_RELAXED);
+				uintptr_t a = (uintptr_t)(top & SA_TOP_ADDR_MASK);
+				if (a < (uintptr_t)&s->objects[0] ||
+				    a > (uintptr_t)&s->objects[__atomic_load_n(&s->capacity,
+									       __ATOMIC_RELAXED)])
+					continue; /* main changed under us */
+				st = sa_top_to_state(s, top);
+			}
 			int64_t size = (uint32_t)st, t = (int64_t)(st >> 32);
 			int64_t d =
 				(int64_t)__atomic_load_n(&s->install_size, __ATOMIC_RELAXED) - size;
@@ -299,17 +313,40 @@ static int install_main(struct sa_cache *c, struct sa_sheaf *s, int dir, sa_flag
 	return 0;
 }
 
+/* Does s serve direction dir (alloc: has objects; free: has room)? Racy on a sheaf we do not own:
+ * a hint only. */
+static bool serves(struct sa_sheaf *s, int dir)
+{
+	uint32_t size = (uint32_t)__atomic_load_n(&s->state, __ATOMIC_RELAXED);
+	return dir == DIR_ALLOC ? size > 0 : size < __atomic_load_n(&s->capacity, __ATOMIC_RELAXED);
+}
+
+/*
+ * The kernel's "swap main and spare", in three sections: take the spare out, install it as
+ * main, and the old main becomes the spare (place_old_main). Only tried when the spare looks
+ * useful. 0: done, retry the fast path; SA_WHY_NOSPARE: the spare cannot help.
+ */
+static int use_spare(struct sa_cache *c, int dir, sa_flags_t flags)
+{
+	struct sa_pcs_slot *slot = &c->slots[sa_pcs_current_cpu()];
+	struct sa_sheaf *sp = __atomic_load_n(&slot->sh[1], __ATOMIC_RELAXED);
+	if (sp == &sa_sheaf_sentinel || !serves(sp, dir))
+		return SA_WHY_NOSPARE;
+	if (pcs_xchg(c, SPARE, &sa_sheaf_sentinel, -1, &sp) || sp == &sa_sheaf_sentinel)
+		return SA_WHY_NOSPARE;
+	sa_pcs_fold(c, sp);
+	if (!serves(sp, dir)) { /* migrated meanwhile: another CPU's spare */
+		sa_sheaf_dispose_flags(c, sp, flags);
+		return SA_WHY_NOSPARE;
+	}
+	sa_stat_add(c, dir == DIR_ALLOC ? SA_STAT_SPARE_SWAP_ALLOC : SA_STAT_SPARE_SWAP_FREE, 1);
+	return install_main(c, sp, dir, flags) ? SA_WHY_NOSPARE : 0;
+}
+
 static int refill_main(struct sa_cache *c, sa_flags_t flags)
 {
-	int r = pcs_swap(c, DIR_ALLOC);
-	if (r == 0) {
-		sa_stat_add(c, SA_STAT_SPARE_SWAP_ALLOC, 1);
+	if (use_spare(c, DIR_ALLOC, flags) == 0)
 		return 0;
-	}
-	if (r == SA_WHY_RETRY)
-		return 0;
-	if (r != SA_WHY_NOSPARE)
-		return -1;
 	if (!(flags & SA_NOWAIT))
 		sa_sheaf_deferred_run(c);
 	int node = sa_pcs_current_node(c);
@@ -335,15 +372,8 @@ static int refill_main(struct sa_cache *c, sa_flags_t flags)
 
 static int drain_main(struct sa_cache *c)
 {
-	int r = pcs_swap(c, DIR_FREE);
-	if (r == 0) {
-		sa_stat_add(c, SA_STAT_SPARE_SWAP_FREE, 1);
+	if (use_spare(c, DIR_FREE, 0) == 0)
 		return 0;
-	}
-	if (r == SA_WHY_RETRY)
-		return 0;
-	if (r != SA_WHY_NOSPARE)
-		return -1;
 	sa_sheaf_deferred_run(c);
 	int node = sa_pcs_current_node(c);
 	struct sa_sheaf *s = sa_barn_get_empty(&c->nodes[node]->barn, 0);
@@ -474,6 +504,9 @@ void sa_pcs_drain(struct sa_cache *c)
 				SA_TSAN_ACQUIRE(s[i]);
 			__atomic_store_n(&slot->sh[i], &sa_sheaf_sentinel, __ATOMIC_RELAXED);
 		}
+		if (s[0] != &sa_sheaf_sentinel) /* the main's state lives in the slot */
+			s[0]->state = sa_top_to_state(s[0], slot->top);
+		set_top(slot, sa_top_encode(&sa_sheaf_sentinel, 0, 0));
 		if (!rseq)
 			spin_unlock(&slot->lock);
 		for (int i = 0; i < 2; i++) {

@@ -16,15 +16,21 @@
 
 #include "sheaf/pcs_inline.h"
 
-struct sa_sheaf sa_sheaf_sentinel = {.state = 0, .capacity = 0, .node = -1};
+/* capacity 0: objects[0] is the guard, so a push sees it full and a pop sees it empty */
+struct sa_sheaf sa_sheaf_sentinel = {.state = 0,
+				     .capacity = 0,
+				     .node = -1,
+				     .guard_lo = SA_SHEAF_GUARD,
+				     .objects = {SA_SHEAF_GUARD}};
 
 struct sa_sheaf *sa_sheaf_new(struct sa_cache *c, unsigned capacity, int node, sa_flags_t flags)
 {
-	struct sa_sheaf *s =
-		sa_meta_alloc_flags(SA_SHEAF_HDR + (size_t)capacity * sizeof(void *), flags);
+	struct sa_sheaf *s = sa_meta_alloc_flags(SA_SHEAF_BYTES(capacity), flags);
 	if (!s)
 		return NULL;
 	s->capacity = capacity;
+	s->guard_lo = SA_SHEAF_GUARD;
+	s->objects[capacity] = SA_SHEAF_GUARD;
 	s->node = node;
 	s->cache = c;
 	if (capacity != c->capacity)
@@ -38,7 +44,7 @@ void sa_sheaf_free(struct sa_cache *c, struct sa_sheaf *s)
 	if (s == &sa_sheaf_sentinel)
 		return;
 	sa_stat_add(c, SA_STAT_SHEAF_FREED, 1);
-	sa_meta_free(s, SA_SHEAF_HDR + (size_t)s->capacity * sizeof(void *));
+	sa_meta_free(s, SA_SHEAF_BYTES(s->capacity));
 }
 
 /* Refill s from its node's slabs up to `upto` objects; returns how many were added. */

@@ -10,7 +10,9 @@
  *   commit: exactly one store, the last instruction before post_commit
  *   abort:  in .text.unlikely, preceded by RSEQ_SIG; jumps back to arm, so all of it is redone.
  * Nothing before the commit is visible to another thread on this CPU except speculative stores
- * into slots above a sheaf's size (push) or into the caller's registers, which a redo rewrites.
+ * into slots above a sheaf's size (push), into the header state of the main sheaf (exchange: a
+ * word nobody reads while the sheaf is main), or into the caller's registers; a redo rewrites
+ * them all.
  * No function is called inside a section.
  */
 #ifndef SA_RSEQ_PCS_X86_64_H
@@ -63,35 +65,35 @@ enum sa_pcs_why {
 	SA_WHY_FULL,	  /* push: main full */
 	SA_WHY_UNREG,	  /* not registered / fallback mode */
 	SA_WHY_STOPPED,	  /* a remote thread owns the slot */
-	SA_WHY_FOLD,	  /* the sheaf's op counter needs folding into the stats */
+	SA_WHY_FOLD,	  /* the main's op counter (in the slot's top) needs folding */
 	SA_WHY_REMOTE,	  /* push: the object's node is not this CPU's */
 	SA_WHY_WRONGNODE, /* xchg: the new sheaf's node is not this CPU's */
-	SA_WHY_RETRY,	  /* swap: main changed meanwhile, just retry the fast path */
-	SA_WHY_NOSPARE,	  /* swap: spare cannot help */
+	SA_WHY_RETRY,	  /* just retry the fast path */
+	SA_WHY_NOSPARE,	  /* slow path: the spare cannot help */
 };
 
 /*
- * Pop: obj = main->objects[size - 1]; commit main->state = state + (2^32 - 1), i.e. size - 1 and
- * ops + 1 in one 64-bit store. A negative result (ops reached 2^31) goes to fold before commit.
+ * Pop: obj = top[-1] (the guard below objects[0] means empty); commit slot->top = top - 8 with
+ * ops + 1, one 64-bit store. A negative result (ops reached 2^15) goes to fold before commit.
+ * Only the slot's line and the object array's line are read.
  */
 static inline __attribute__((always_inline)) void *sa_rseq_pop(struct sa_pcs_slot *tab, long off,
 							       int *why)
 {
-	unsigned long t, st;
-	struct sa_sheaf *sh;
-	void *obj; /* holds the slot address until the object is loaded */
-	asm volatile goto(SA_RSEQ_PROLOGUE_AS(obj) "movq 16(%[obj]), %[sh]\n\t"
-						   "movq (%[sh]), %[st]\n\t"
-						   "testl %k[st], %k[st]\n\t"
-						   "jz %l[empty]\n\t"
-						   "movl %k[st], %k[t]\n\t"
-						   "movq 56(%[sh],%[t],8), %[obj]\n\t"
-						   "movl $0xffffffff, %k[t]\n\t"
-						   "addq %[t], %[st]\n\t"
-						   "js %l[fold]\n\t"
-						   "movq %[st], (%[sh])\n\t" /* commit */
+	unsigned long idx, t, st;
+	void *obj;
+	asm volatile goto(SA_RSEQ_PROLOGUE "movq 16(%[idx]), %[st]\n\t"
+					   "movabsq $0xffffffffffff, %[t]\n\t"
+					   "andq %[st], %[t]\n\t"
+					   "movq -8(%[t]), %[obj]\n\t"
+					   "cmpq $1, %[obj]\n\t"
+					   "je %l[empty]\n\t"
+					   "movabsq $0xfffffffffff8, %[t]\n\t"
+					   "addq %[t], %[st]\n\t"
+					   "js %l[fold]\n\t"
+					   "movq %[st], 16(%[idx])\n\t" /* commit */
 			  SA_RSEQ_EPILOGUE
-			  : [obj] "=&r"(obj), [t] "=&r"(t), [st] "=&r"(st), [sh] "=&r"(sh)
+			  : [idx] "=&r"(idx), [t] "=&r"(t), [st] "=&r"(st), [obj] "=&r"(obj)
 			  : [off] "r"(off), [tab] "r"(tab)
 			  : "memory", "cc"
 			  : unreg, stopped, empty, fold);
@@ -113,30 +115,30 @@ fold:
 }
 
 /*
- * Push: main->objects[size] = obj (speculative: above size, invisible until the commit);
- * commit main->state = state + 2^32 + 1 (size + 1, ops + 1). The object's node must be the slot's.
+ * Push: *top = obj (speculative: above size, invisible until the commit), unless *top is the
+ * guard at objects[capacity] (full); commit slot->top = top + 8 with ops + 1. The object's node
+ * must be the slot's.
  */
 static inline __attribute__((always_inline)) int sa_rseq_push(struct sa_pcs_slot *tab, long off,
 							      void *obj, int node)
 {
-	unsigned long idx, st; /* idx: the slot, then scratch once main is loaded */
-	struct sa_sheaf *sh;
+	unsigned long idx, t, st;
 	asm volatile goto(SA_RSEQ_ARM_CPU(idx)
 			  /* one compare checks stopped == 0 and node == the slot's node */
 			  "cmpq %[key], (%[idx])\n\t"
 			  "jne %l[remote]\n\t"
-			  "movq 16(%[idx]), %[sh]\n\t"
-			  "movq (%[sh]), %[st]\n\t"
-			  "cmpl 8(%[sh]), %k[st]\n\t"
-			  "jae %l[full]\n\t"
-			  "movl %k[st], %k[idx]\n\t"
-			  "movq %[obj], 64(%[sh],%[idx],8)\n\t"
-			  "movabsq $0x100000001, %[idx]\n\t"
-			  "addq %[idx], %[st]\n\t"
+			  "movq 16(%[idx]), %[st]\n\t"
+			  "movabsq $0xffffffffffff, %[t]\n\t"
+			  "andq %[st], %[t]\n\t"
+			  "cmpq $1, (%[t])\n\t"
+			  "je %l[full]\n\t"
+			  "movq %[obj], (%[t])\n\t"
+			  "movabsq $0x1000000000008, %[t]\n\t"
+			  "addq %[t], %[st]\n\t"
 			  "js %l[fold]\n\t"
-			  "movq %[st], (%[sh])\n\t" /* commit */
+			  "movq %[st], 16(%[idx])\n\t" /* commit */
 			  SA_RSEQ_EPILOGUE
-			  : [idx] "=&r"(idx), [st] "=&r"(st), [sh] "=&r"(sh)
+			  : [idx] "=&r"(idx), [t] "=&r"(t), [st] "=&r"(st)
 			  : [off] "r"(off), [tab] "r"(tab), [obj] "r"(obj),
 			    [key] "r"((unsigned long)(unsigned)node << 32)
 			  : "memory", "cc"
@@ -153,89 +155,78 @@ fold:
 }
 
 /*
- * Swap main and spare when that serves the direction: for alloc (dir 0) when main is empty and
- * the spare has objects; for free (dir 1) when main is full and the spare has room.
- * Commit: one 16-byte store of {spare, main} over {main, spare}, which
- * an interrupt cannot split.
+ * Exchange main for `nw` (whose top word is nwtop), handing the old main to the caller, who owns
+ * it from the commit on. Before the commit the old main's state word is written back into its
+ * header from the slot's top (size = (top - objects) / 8, ops = top >> 48), a speculative store:
+ * while the sheaf is main nobody reads that word, and a redo writes it again. The sentinel is
+ * never written. node >= 0 must equal the slot's node.
+ * Commit: one 16-byte store of {nwtop, nw} over {top, main}.
  */
-static inline __attribute__((always_inline)) int sa_rseq_swap(struct sa_pcs_slot *tab, long off,
-							      int dir)
+static inline __attribute__((always_inline)) int
+sa_rseq_xchg_main(struct sa_pcs_slot *tab, long off, struct sa_sheaf *nw, uint64_t nwtop, int node,
+		  struct sa_sheaf *sentinel, struct sa_sheaf **oldp)
 {
-	unsigned long idx, t;
-	struct sa_sheaf *sh;
-	__attribute__((vector_size(16))) long long x;
-	if (dir == 0) {
-		asm volatile goto(
-			SA_RSEQ_PROLOGUE
-			"movq 16(%[idx]), %[sh]\n\t"
-			"cmpl $0, (%[sh])\n\t"
-			"jne %l[retry]\n\t"
-			"movq 24(%[idx]), %[sh]\n\t"
-			"cmpl $0, (%[sh])\n\t"
-			"je %l[nospare]\n\t"
-			"movdqa 16(%[idx]), %[x]\n\t"
-			"pshufd $0x4e, %[x], %[x]\n\t"
-			"movdqa %[x], 16(%[idx])\n\t" /* commit: main and spare swapped at once */
-			SA_RSEQ_EPILOGUE
-			: [idx] "=&r"(idx), [t] "=&r"(t), [sh] "=&r"(sh), [x] "=&x"(x)
-			: [off] "r"(off), [tab] "r"(tab)
-			: "memory", "cc"
-			: unreg, stopped, retry, nospare);
-	} else {
-		unsigned long st;
-		asm volatile goto(
-			SA_RSEQ_PROLOGUE
-			"movq 16(%[idx]), %[sh]\n\t"
-			"movl (%[sh]), %k[st]\n\t"
-			"cmpl 8(%[sh]), %k[st]\n\t"
-			"jb %l[retry]\n\t"
-			"movq 24(%[idx]), %[sh]\n\t"
-			"movl (%[sh]), %k[st]\n\t"
-			"cmpl 8(%[sh]), %k[st]\n\t"
-			"jae %l[nospare]\n\t"
-			"movdqa 16(%[idx]), %[x]\n\t"
-			"pshufd $0x4e, %[x], %[x]\n\t"
-			"movdqa %[x], 16(%[idx])\n\t" /* commit: main and spare swapped at once */
-			SA_RSEQ_EPILOGUE
-			:
-			[idx] "=&r"(idx), [t] "=&r"(t), [sh] "=&r"(sh), [st] "=&r"(st), [x] "=&x"(x)
-			: [off] "r"(off), [tab] "r"(tab)
-			: "memory", "cc"
-			: unreg, stopped, retry, nospare);
-	}
+	unsigned long idx, t, u;
+	struct sa_sheaf *old;
+	__attribute__((vector_size(16))) long long x = {(long long)nwtop, (long long)nw};
+	asm volatile goto(
+		SA_RSEQ_PROLOGUE "cmpl $-1, %k[node]\n\t"
+				 "je .Lsa_any%=\n\t"
+				 "cmpl %k[node], 4(%[idx])\n\t"
+				 "jne %l[wrongnode]\n\t"
+				 ".Lsa_any%=:\n\t"
+				 "movq 24(%[idx]), %[old]\n\t"
+				 "cmpq %[sent], %[old]\n\t"
+				 "je .Lsa_nowb%=\n\t"
+				 "movq 16(%[idx]), %[t]\n\t"
+				 "movq %[t], %[u]\n\t"
+				 "shrq $48, %[u]\n\t"
+				 "shlq $32, %[u]\n\t" /* ops << 32 */
+				 "shlq $16, %[t]\n\t"
+				 "shrq $16, %[t]\n\t"
+				 "subq %[old], %[t]\n\t"
+				 "subq $56, %[t]\n\t"
+				 "shrq $3, %[t]\n\t" /* size */
+				 "orq %[u], %[t]\n\t"
+				 "movq %[t], (%[old])\n\t" /* write back */
+				 ".Lsa_nowb%=:\n\t"
+				 "movdqa %[x], 16(%[idx])\n\t" /* commit */
+		SA_RSEQ_EPILOGUE
+		: [idx] "=&r"(idx), [t] "=&r"(t), [u] "=&r"(u), [old] "=&r"(old)
+		: [off] "r"(off), [tab] "r"(tab), [x] "x"(x), [node] "r"(node), [sent] "r"(sentinel)
+		: "memory", "cc"
+		: unreg, stopped, wrongnode);
+	*oldp = old;
 	return 0;
 unreg:
 	return SA_WHY_UNREG;
 stopped:
 	return SA_WHY_STOPPED;
-retry:
-	return SA_WHY_RETRY;
-nospare:
-	return SA_WHY_NOSPARE;
+wrongnode:
+	return SA_WHY_WRONGNODE;
 }
 
 /*
- * Exchange main (which 0) or spare (which 1) of this CPU's slot for `nw`, handing the old sheaf
- * to the caller, who owns it from the commit on. node >= 0 must equal the slot's node.
- * Commit: the store of nw into the slot.
+ * Exchange the spare for `nw`, handing the old spare to the caller, who owns it from the commit
+ * on. node >= 0 must equal the slot's node. Commit: the store of nw into the slot.
  */
-static inline __attribute__((always_inline)) int sa_rseq_xchg(struct sa_pcs_slot *tab, long off,
-							      unsigned which, struct sa_sheaf *nw,
-							      int node, struct sa_sheaf **oldp)
+static inline __attribute__((always_inline)) int sa_rseq_xchg_spare(struct sa_pcs_slot *tab,
+								    long off, struct sa_sheaf *nw,
+								    int node,
+								    struct sa_sheaf **oldp)
 {
-	unsigned long idx, t;
+	unsigned long idx;
 	struct sa_sheaf *old;
 	asm volatile goto(SA_RSEQ_PROLOGUE "cmpl $-1, %k[node]\n\t"
 					   "je .Lsa_any%=\n\t"
 					   "cmpl %k[node], 4(%[idx])\n\t"
 					   "jne %l[wrongnode]\n\t"
 					   ".Lsa_any%=:\n\t"
-					   "movq 16(%[idx],%[which],8), %[old]\n\t"
-					   "movq %[nw], 16(%[idx],%[which],8)\n\t" /* commit */
+					   "movq 32(%[idx]), %[old]\n\t"
+					   "movq %[nw], 32(%[idx])\n\t" /* commit */
 			  SA_RSEQ_EPILOGUE
-			  : [idx] "=&r"(idx), [t] "=&r"(t), [old] "=&r"(old)
-			  : [off] "r"(off), [tab] "r"(tab), [nw] "r"(nw), [node] "r"(node),
-			    [which] "r"((unsigned long)which)
+			  : [idx] "=&r"(idx), [old] "=&r"(old)
+			  : [off] "r"(off), [tab] "r"(tab), [nw] "r"(nw), [node] "r"(node)
 			  : "memory", "cc"
 			  : unreg, stopped, wrongnode);
 	*oldp = old;
