@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/single_threaded.h>
 #include <unistd.h>
 
 #include "sheaf/pcs_inline.h"
@@ -61,9 +62,22 @@ static int possible_cpus(void)
 	return n;
 }
 
-/* fork: every lock in rank order (alloc/internal.h), so that the child finds them free. */
+/*
+ * fork: every lock in rank order (alloc/internal.h), so that the child finds them free.
+ * Not in a process that never created a thread (glibc's __libc_single_threaded, as glibc's own
+ * malloc does): no other thread can hold a lock, and a fork from a signal handler that
+ * interrupted this thread's allocation would otherwise wait for a lock its own thread holds.
+ * A fork from a signal handler that interrupted our prepare or release (fork_depth > 0) skips
+ * them too, for the same reason.
+ */
+static __thread int fork_depth __attribute__((tls_model("initial-exec")));
+static __thread bool fork_locked __attribute__((tls_model("initial-exec")));
+
 static void atfork_prepare(void)
 {
+	if (__atomic_fetch_add(&fork_depth, 1, __ATOMIC_RELAXED) > 0 || __libc_single_threaded)
+		return;
+	fork_locked = true;
 	pthread_mutex_lock(&sa_caches_lock);
 	for (struct sa_cache *c = sa_caches; c; c = c->next)
 		pthread_mutex_lock(&c->drain_lock);
@@ -81,6 +95,9 @@ static void atfork_prepare(void)
 
 static void atfork_release(void)
 {
+	if (__atomic_sub_fetch(&fork_depth, 1, __ATOMIC_RELAXED) > 0 || !fork_locked)
+		return;
+	fork_locked = false;
 	sa_meta_atfork(1);
 	sa_segment_atfork(1);
 	for (struct sa_cache *c = sa_caches; c; c = c->next) {

@@ -291,9 +291,10 @@ static inline void *malloc_inline(size_t size, sa_flags_t flags)
 	return malloc_slow(size, 1, flags);
 }
 
+/* The malloc family fails quietly, like glibc's: NULL and errno, no message (SA_NOWARN). */
 SA_API void *sa_malloc(size_t size)
 {
-	return malloc_inline(size, 0);
+	return malloc_inline(size, SA_NOWARN);
 }
 
 SA_API void *sa_malloc_flags(size_t size, sa_flags_t flags)
@@ -309,8 +310,8 @@ SA_API void *sa_calloc(size_t nmemb, size_t size)
 		return NULL;
 	}
 	if (n > SA_LARGE_MAX)
-		return malloc_slow(n, 1, 0); /* huge: a fresh mapping is zero */
-	return malloc_inline(n, SA_ZERO);
+		return malloc_slow(n, 1, SA_NOWARN); /* huge: a fresh mapping is zero */
+	return malloc_inline(n, SA_ZERO | SA_NOWARN);
 }
 
 SA_API size_t sa_malloc_usable_size(void *p)
@@ -428,11 +429,11 @@ static void *aligned(size_t align, size_t size)
 		return sa_malloc(size);
 	if (size == 0)
 		size = 1;
-	if (size > (size_t)PTRDIFF_MAX - align) {
+	if (align > (size_t)PTRDIFF_MAX || size > (size_t)PTRDIFF_MAX - align) {
 		errno = ENOMEM;
 		return NULL;
 	}
-	return malloc_slow(size < align && align <= SA_PAGE ? align : size, align, 0);
+	return malloc_slow(size < align && align <= SA_PAGE ? align : size, align, SA_NOWARN);
 }
 
 SA_API void *sa_aligned_alloc(size_t align, size_t size)
@@ -448,19 +449,16 @@ SA_API int sa_posix_memalign(void **memptr, size_t align, size_t size)
 {
 	if (!is_pow2(align) || align % sizeof(void *))
 		return EINVAL;
-	int saved = errno;
 	void *p = aligned(align, size);
-	if (!p) {
-		errno = saved;
-		return ENOMEM;
-	}
+	if (!p)
+		return ENOMEM; /* errno is ENOMEM too, as with glibc (programs read it) */
 	*memptr = p;
 	return 0;
 }
 
 SA_API void *sa_memalign(size_t align, size_t size)
 {
-	if (align > (size_t)PTRDIFF_MAX / 2 + 1) {
+	if (align > SIZE_MAX / 2 + 1) { /* glibc's bound: 2^63 itself gives ENOMEM */
 		errno = EINVAL;
 		return NULL;
 	}

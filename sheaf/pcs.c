@@ -64,6 +64,11 @@ static void set_state(struct sa_sheaf *s, uint32_t size, uint32_t ops)
 	__atomic_store_n(&s->state, (uint64_t)size | ((uint64_t)ops << 32), __ATOMIC_RELAXED);
 }
 
+static void set_state_word(struct sa_sheaf *s, uint64_t st)
+{
+	__atomic_store_n(&s->state, st, __ATOMIC_RELAXED);
+}
+
 static void set_top(struct sa_pcs_slot *slot, uint64_t top)
 {
 	__atomic_store_n(&slot->top, top, __ATOMIC_RELAXED);
@@ -75,7 +80,7 @@ static void fb_fold_main(struct sa_cache *c, struct sa_pcs_slot *slot)
 	struct sa_sheaf *s = slot->sh[0];
 	if (s == &sa_sheaf_sentinel)
 		return;
-	s->state = sa_top_to_state(s, slot->top);
+	set_state_word(s, sa_top_to_state(s, slot->top));
 	sa_pcs_fold(c, s);
 	set_top(slot, sa_top_encode(s, s->size, 0));
 }
@@ -131,7 +136,7 @@ static int fb_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int 
 		struct sa_sheaf *old = slot->sh[which];
 		if (which == 0) {
 			if (old != &sa_sheaf_sentinel)
-				old->state = sa_top_to_state(old, slot->top);
+				set_state_word(old, sa_top_to_state(old, slot->top));
 			set_top(slot, sa_top_encode(nw, nw->size, nw->ops));
 		}
 		*oldp = old;
@@ -162,13 +167,12 @@ static int pcs_push(struct sa_cache *c, void *obj, int node)
 	return why;
 }
 
-static int rseq_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int node,
-		     struct sa_sheaf **oldp)
+static int rseq_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, uint64_t nwtop,
+		     int node, struct sa_sheaf **oldp)
 {
 	if (which == 0)
-		return sa_rseq_xchg_main(c->slots, sa_rseq_off, nw,
-					 sa_top_encode(nw, nw->size, nw->ops), node,
-					 &sa_sheaf_sentinel, oldp);
+		return sa_rseq_xchg_main(c->slots, sa_rseq_off, nw, nwtop, node, &sa_sheaf_sentinel,
+					 oldp);
 	return sa_rseq_xchg_spare(c->slots, sa_rseq_off, nw, node, oldp);
 }
 
@@ -178,10 +182,11 @@ static int pcs_xchg(struct sa_cache *c, unsigned which, struct sa_sheaf *nw, int
 	if (sa_pcs_mode == SA_PCS_FALLBACK)
 		return fb_xchg(c, which, nw, node, oldp);
 	/* a sheaf changes hands through the slot: tell TSan, which cannot see the section */
+	uint64_t nwtop = sa_top_encode(nw, nw->size, nw->ops); /* read before the release */
 	SA_TSAN_RELEASE(nw);
-	int r = rseq_xchg(c, which, nw, node, oldp);
+	int r = rseq_xchg(c, which, nw, nwtop, node, oldp);
 	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
-		r = rseq_xchg(c, which, nw, node, oldp);
+		r = rseq_xchg(c, which, nw, nwtop, node, oldp);
 	if (r == 0)
 		SA_TSAN_ACQUIRE(*oldp);
 	return r;
@@ -313,32 +318,44 @@ static int install_main(struct sa_cache *c, struct sa_sheaf *s, int dir, sa_flag
 	return 0;
 }
 
-/* Does s serve direction dir (alloc: has objects; free: has room)? Racy on a sheaf we do not own:
- * a hint only. */
-static bool serves(struct sa_sheaf *s, int dir)
+/* The spare, taken out if it serves direction dir (alloc: has objects; free: has room). */
+static int fb_take_spare(struct sa_cache *c, int dir, struct sa_sheaf **oldp)
 {
-	uint32_t size = (uint32_t)__atomic_load_n(&s->state, __ATOMIC_RELAXED);
-	return dir == DIR_ALLOC ? size > 0 : size < __atomic_load_n(&s->capacity, __ATOMIC_RELAXED);
+	struct sa_pcs_slot *slot = fb_lock(c);
+	struct sa_sheaf *sp = slot->sh[1];
+	int r = SA_WHY_NOSPARE;
+	if (dir == DIR_ALLOC ? sp->size > 0 : sp->size < sp->capacity) {
+		*oldp = sp;
+		__atomic_store_n(&slot->sh[1], &sa_sheaf_sentinel, __ATOMIC_RELAXED);
+		r = 0;
+	}
+	spin_unlock(&slot->lock);
+	return r;
+}
+
+static int pcs_take_spare(struct sa_cache *c, int dir, struct sa_sheaf **oldp)
+{
+	if (sa_pcs_mode == SA_PCS_FALLBACK)
+		return fb_take_spare(c, dir, oldp);
+	int r = sa_rseq_take_spare(c->slots, sa_rseq_off, dir, &sa_sheaf_sentinel, oldp);
+	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
+		r = sa_rseq_take_spare(c->slots, sa_rseq_off, dir, &sa_sheaf_sentinel, oldp);
+	if (r == 0)
+		SA_TSAN_ACQUIRE(*oldp);
+	return r;
 }
 
 /*
- * The kernel's "swap main and spare", in three sections: take the spare out, install it as
- * main, and the old main becomes the spare (place_old_main). Only tried when the spare looks
- * useful. 0: done, retry the fast path; SA_WHY_NOSPARE: the spare cannot help.
+ * The kernel's "swap main and spare", in three sections: take the spare out if it serves dir,
+ * install it as main, and the old main becomes the spare (place_old_main).
+ * 0: done, retry the fast path; SA_WHY_NOSPARE: the spare cannot help.
  */
 static int use_spare(struct sa_cache *c, int dir, sa_flags_t flags)
 {
-	struct sa_pcs_slot *slot = &c->slots[sa_pcs_current_cpu()];
-	struct sa_sheaf *sp = __atomic_load_n(&slot->sh[1], __ATOMIC_RELAXED);
-	if (sp == &sa_sheaf_sentinel || !serves(sp, dir))
-		return SA_WHY_NOSPARE;
-	if (pcs_xchg(c, SPARE, &sa_sheaf_sentinel, -1, &sp) || sp == &sa_sheaf_sentinel)
+	struct sa_sheaf *sp;
+	if (spare_is_sentinel_racy(c) || pcs_take_spare(c, dir, &sp))
 		return SA_WHY_NOSPARE;
 	sa_pcs_fold(c, sp);
-	if (!serves(sp, dir)) { /* migrated meanwhile: another CPU's spare */
-		sa_sheaf_dispose_flags(c, sp, flags);
-		return SA_WHY_NOSPARE;
-	}
 	sa_stat_add(c, dir == DIR_ALLOC ? SA_STAT_SPARE_SWAP_ALLOC : SA_STAT_SPARE_SWAP_FREE, 1);
 	return install_main(c, sp, dir, flags) ? SA_WHY_NOSPARE : 0;
 }
@@ -505,7 +522,7 @@ void sa_pcs_drain(struct sa_cache *c)
 			__atomic_store_n(&slot->sh[i], &sa_sheaf_sentinel, __ATOMIC_RELAXED);
 		}
 		if (s[0] != &sa_sheaf_sentinel) /* the main's state lives in the slot */
-			s[0]->state = sa_top_to_state(s[0], slot->top);
+			set_state_word(s[0], sa_top_to_state(s[0], slot->top));
 		set_top(slot, sa_top_encode(&sa_sheaf_sentinel, 0, 0));
 		if (!rseq)
 			spin_unlock(&slot->lock);

@@ -1023,6 +1023,15 @@ static void test_aligned_invalid(void **state)
 	errno = 0;
 	q = f_memalign(64, opaque(SIZE_MAX));
 	CHECK(q == NULL && errno == ENOMEM, "memalign(64, SIZE_MAX) = %p errno %d", q, errno);
+	/* 2^63 is a valid power of two for glibc: not EINVAL, but no memory (ENOMEM) */
+	errno = 0;
+	q = f_memalign(opaque((size_t)1 << 63), 16);
+	CHECK(q == NULL && errno == ENOMEM, "memalign(2^63, 16) = %p errno %d, expected ENOMEM", q,
+	      errno);
+	errno = 0;
+	q = f_memalign(opaque((size_t)1 << 62), 16);
+	CHECK(q == NULL && errno == ENOMEM, "memalign(2^62, 16) = %p errno %d, expected ENOMEM", q,
+	      errno);
 }
 
 static void test_valloc_pvalloc(void **state)
@@ -1097,7 +1106,10 @@ static void test_errno_enomem(void **state)
 	TRY(f_realloc(NULL, opaque(SIZE_MAX)));
 #undef TRY
 	void *pm = NULL;
+	errno = 0;
 	CHECK(f_posix_memalign(&pm, 4096, opaque(SIZE_MAX)) == ENOMEM, "posix_memalign ENOMEM");
+	/* glibc sets errno too on that failure, and programs read it (glibc's own tests do) */
+	CHECK(errno == ENOMEM, "posix_memalign ENOMEM left errno %d", errno);
 	f_free(blk);
 
 	/* errno is not touched by successful calls of posix_memalign, free and malloc_usable_size */

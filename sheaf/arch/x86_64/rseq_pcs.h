@@ -239,4 +239,48 @@ wrongnode:
 	return SA_WHY_WRONGNODE;
 }
 
+/*
+ * Take the spare out if it serves direction dir: for alloc (dir 0) if it has objects, for free
+ * (dir 1) if it has room (the sentinel does neither). The caller owns it from the commit on.
+ * Commit: the store of the sentinel into spare.
+ */
+static inline __attribute__((always_inline)) int sa_rseq_take_spare(struct sa_pcs_slot *tab,
+								    long off, int dir,
+								    struct sa_sheaf *sentinel,
+								    struct sa_sheaf **oldp)
+{
+	unsigned long idx, t;
+	struct sa_sheaf *sp;
+	if (dir == 0) {
+		asm volatile goto(SA_RSEQ_PROLOGUE "movq 32(%[idx]), %[sp]\n\t"
+						   "cmpl $0, (%[sp])\n\t"
+						   "je %l[nospare]\n\t"
+						   "movq %[sent], 32(%[idx])\n\t" /* commit */
+				  SA_RSEQ_EPILOGUE
+				  : [idx] "=&r"(idx), [sp] "=&r"(sp)
+				  : [off] "r"(off), [tab] "r"(tab), [sent] "r"(sentinel)
+				  : "memory", "cc"
+				  : unreg, stopped, nospare);
+	} else {
+		asm volatile goto(SA_RSEQ_PROLOGUE "movq 32(%[idx]), %[sp]\n\t"
+						   "movl (%[sp]), %k[t]\n\t"
+						   "cmpl 8(%[sp]), %k[t]\n\t"
+						   "jae %l[nospare]\n\t"
+						   "movq %[sent], 32(%[idx])\n\t" /* commit */
+				  SA_RSEQ_EPILOGUE
+				  : [idx] "=&r"(idx), [sp] "=&r"(sp), [t] "=&r"(t)
+				  : [off] "r"(off), [tab] "r"(tab), [sent] "r"(sentinel)
+				  : "memory", "cc"
+				  : unreg, stopped, nospare);
+	}
+	*oldp = sp;
+	return 0;
+unreg:
+	return SA_WHY_UNREG;
+stopped:
+	return SA_WHY_STOPPED;
+nospare:
+	return SA_WHY_NOSPARE;
+}
+
 #endif
