@@ -89,6 +89,7 @@ static void atfork_prepare(void)
 			pthread_mutex_lock(&c->nodes[i]->lock);
 		}
 	}
+	sa_malloc_atfork(0);
 	sa_segment_atfork(0);
 	sa_meta_atfork(0);
 }
@@ -100,6 +101,7 @@ static void atfork_release(void)
 	fork_locked = false;
 	sa_meta_atfork(1);
 	sa_segment_atfork(1);
+	sa_malloc_atfork(1);
 	for (struct sa_cache *c = sa_caches; c; c = c->next) {
 		for (int i = sa_nr_nodes - 1; i >= 0; i--) {
 			pthread_mutex_unlock(&c->nodes[i]->lock);

@@ -16,6 +16,8 @@
  *   2. slot (fallback mode) per-CPU slot spinlock; in rseq mode a slot is not a lock
  *   3. barn->lock          one barn's lists; never held across a slab operation
  *   4. cnode->lock         one cache's slabs on one node (partial list, slab bitmaps)
+ *   4b. aligned_lock, huge_cache_lock (alloc/malloc.c) the huge-block lists; leaves: nothing
+ *                          is taken while one is held
  *   5. pages->lock         one node's segments and their free units
  *   6. sa_meta_lock        the internal metadata allocator
  * No lock is held across user code (constructors run with no lock held).
@@ -343,6 +345,7 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 				       _Atomic uint64_t *bind_failures);
 void sa_segment_free_units(struct sa_slab *head);
 int sa_segment_resize_units(struct sa_slab *head, unsigned units);
+void sa_malloc_atfork(int phase);   /* aligned_lock, huge_cache_lock: leaf locks */
 size_t sa_segment_purge(int force); /* madvise dirty free units; force: all of them now */
 size_t sa_segment_dirty_bytes(void);
 void sa_segmap_set(const void *seg, int on);

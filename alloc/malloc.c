@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "sheaf/pcs_inline.h"
@@ -193,7 +194,144 @@ int sa_free_unknown(void *p)
 	return aligned_huge_find(p, 1) != 0;
 }
 
-static void *huge_alloc(size_t size, size_t align)
+/*
+ * Freed huge mappings are kept a while for reuse (glibc and tcmalloc reuse such memory too;
+ * a fresh mapping costs a page fault per 4 KiB on first touch, which dominated the
+ * 5-25 MiB blocks of mimalloc-bench's malloc-large). At most HUGE_CACHE_SLOTS mappings and
+ * HUGE_CACHE_MAX bytes, none older than purge_ms (checked on every huge allocation and free);
+ * sa_trim / malloc_trim unmap them all. A cached mapping keeps its segment-map bit, but its
+ * unit record no longer names the huge cache, so a second free of the block is reported as a
+ * bad free. A reuse takes the smallest mapping that fits, within twice the size, and unmaps
+ * its tail. huge_cache_lock is a leaf lock (no other lock is taken under it).
+ */
+#define HUGE_CACHE_SLOTS 8
+#define HUGE_CACHE_MAX	 (64ul << 20)
+struct huge_cached {
+	struct sa_segment *seg; /* NULL: empty slot */
+	size_t len;
+	uint64_t when_ns;
+};
+static pthread_mutex_t huge_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct huge_cached huge_cache[HUGE_CACHE_SLOTS]; /* huge_cache_lock */
+static _Atomic size_t huge_cached_bytes;
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void huge_unmap(struct sa_segment *seg, size_t len)
+{
+	sa_segmap_set(seg, 0);
+	munmap(seg, len);
+}
+
+/* Take expired entries (all of them with force) out of the cache into out[]; locked. */
+static unsigned huge_cache_expire_locked(struct huge_cached *out, int force)
+{
+	uint64_t now = mono_ns(), age = (uint64_t)sa_opt.purge_ms * 1000000ull;
+	unsigned n = 0;
+	for (unsigned i = 0; i < HUGE_CACHE_SLOTS; i++) {
+		struct huge_cached *e = &huge_cache[i];
+		if (e->seg && (force || now - e->when_ns >= age)) {
+			out[n++] = *e;
+			atomic_fetch_sub(&huge_cached_bytes, e->len);
+			e->seg = NULL;
+		}
+	}
+	return n;
+}
+
+static void huge_unmap_list(struct huge_cached *l, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		huge_unmap(l[i].seg, l[i].len);
+}
+
+/* Unmap every cached huge mapping (sa_trim). */
+static void huge_cache_drop(void)
+{
+	struct huge_cached out[HUGE_CACHE_SLOTS];
+	pthread_mutex_lock(&huge_cache_lock);
+	unsigned n = huge_cache_expire_locked(out, 1);
+	pthread_mutex_unlock(&huge_cache_lock);
+	huge_unmap_list(out, n);
+}
+
+/* A cached mapping of at least len bytes (and at most twice that), trimmed to len, or NULL. */
+static struct sa_segment *huge_cache_take(size_t len)
+{
+	if (!atomic_load_explicit(&huge_cached_bytes, memory_order_relaxed))
+		return NULL;
+	struct huge_cached out[HUGE_CACHE_SLOTS], hit = {0};
+	pthread_mutex_lock(&huge_cache_lock);
+	unsigned n = huge_cache_expire_locked(out, 0);
+	struct huge_cached *best = NULL;
+	for (unsigned i = 0; i < HUGE_CACHE_SLOTS; i++) {
+		struct huge_cached *e = &huge_cache[i];
+		if (e->seg && e->len >= len && e->len / 2 <= len && (!best || e->len < best->len))
+			best = e;
+	}
+	if (best) {
+		hit = *best;
+		best->seg = NULL;
+		atomic_fetch_sub(&huge_cached_bytes, hit.len);
+	}
+	pthread_mutex_unlock(&huge_cache_lock);
+	huge_unmap_list(out, n);
+	if (hit.seg && hit.len > len)
+		munmap((char *)hit.seg + len, hit.len - len);
+	return hit.seg;
+}
+
+/* Keep a freed huge mapping for reuse; 0 if it was not kept (the caller unmaps it). */
+static int huge_cache_put(struct sa_segment *seg, size_t len)
+{
+	if (len > HUGE_CACHE_MAX / 2 || sa_opt.purge_ms == 0)
+		return 0;
+	struct huge_cached out[HUGE_CACHE_SLOTS + 1];
+	pthread_mutex_lock(&huge_cache_lock);
+	unsigned n = huge_cache_expire_locked(out, 0);
+	/* make room: evict the oldest until a slot is free and the bytes fit */
+	for (;;) {
+		struct huge_cached *free_slot = NULL, *oldest = NULL;
+		for (unsigned i = 0; i < HUGE_CACHE_SLOTS; i++) {
+			struct huge_cached *e = &huge_cache[i];
+			if (!e->seg)
+				free_slot = e;
+			else if (!oldest || e->when_ns < oldest->when_ns)
+				oldest = e;
+		}
+		if (free_slot && atomic_load(&huge_cached_bytes) + len <= HUGE_CACHE_MAX) {
+			free_slot->seg = seg;
+			free_slot->len = len;
+			free_slot->when_ns = mono_ns();
+			atomic_fetch_add(&huge_cached_bytes, len);
+			break;
+		}
+		out[n++] = *oldest;
+		atomic_fetch_sub(&huge_cached_bytes, oldest->len);
+		oldest->seg = NULL;
+	}
+	pthread_mutex_unlock(&huge_cache_lock);
+	huge_unmap_list(out, n);
+	return 1;
+}
+
+void sa_malloc_atfork(int phase)
+{
+	if (phase == 0) {
+		pthread_mutex_lock(&aligned_lock);
+		pthread_mutex_lock(&huge_cache_lock);
+	} else {
+		pthread_mutex_unlock(&huge_cache_lock);
+		pthread_mutex_unlock(&aligned_lock);
+	}
+}
+
+static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 {
 	size_t off = align > SA_PAGE ? align : SA_PAGE;
 	if (off >= SA_SEG_SIZE)
@@ -203,22 +341,31 @@ static void *huge_alloc(size_t size, size_t align)
 		return NULL;
 	}
 	size_t len = (off + size + SA_PAGE - 1) & ~(SA_PAGE - 1);
-	char *a = sa_map_aligned(len, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
-	if (!a) {
-		errno = ENOMEM;
-		return NULL;
+	struct sa_segment *seg = huge_cache_take(len);
+	bool reused = seg != NULL;
+	if (!seg) {
+		seg = (struct sa_segment *)sa_map_aligned(len, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
+		if (!seg) {
+			errno = ENOMEM;
+			return NULL;
+		}
 	}
-	struct sa_segment *seg = (struct sa_segment *)a;
+	char *a = (char *)seg;
 	seg->magic = SA_HUGE_MAGIC;
-	seg->node = sa_pcs_current_node(sa_class_cache[0]);
+	if (!reused)
+		seg->node = sa_pcs_current_node(sa_class_cache[0]);
 	seg->huge_len = len;
 	seg->huge_off = off;
 	struct sa_slab *rec = &seg->slabs[(off >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
 	rec->node = seg->node;
 	rec->head = rec;
 	__atomic_store_n(&rec->cache, sa_huge_cache, __ATOMIC_RELEASE);
-	sa_topo_bind(a, len, seg->node);
-	sa_segmap_set(a, 1);
+	if (!reused) {
+		sa_topo_bind(a, len, seg->node);
+		sa_segmap_set(a, 1);
+	} else if (flags & SA_ZERO) {
+		memset(a + off, 0, size); /* a fresh mapping is zero; a reused one is not */
+	}
 	atomic_fetch_add(&huge_bytes, len);
 	return a + off;
 }
@@ -231,9 +378,13 @@ static struct sa_segment *seg_of(const void *p)
 static void huge_free(void *p)
 {
 	struct sa_segment *seg = seg_of(p);
-	atomic_fetch_sub(&huge_bytes, seg->huge_len);
-	sa_segmap_set(seg, 0);
-	munmap(seg, seg->huge_len);
+	size_t len = seg->huge_len;
+	atomic_fetch_sub(&huge_bytes, len);
+	struct sa_slab *rec =
+		&seg->slabs[(seg->huge_off >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
+	__atomic_store_n(&rec->cache, NULL, __ATOMIC_RELEASE); /* not a block any more */
+	if (!huge_cache_put(seg, len))
+		huge_unmap(seg, len);
 }
 
 /* The slow half of every free: marker caches, and misses of the cache fast path. */
@@ -274,7 +425,7 @@ static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags
 	} else if (flags & SA_NOWAIT) {
 		p = NULL;
 	} else {
-		p = huge_alloc(size, align); /* fresh mapping: already zero */
+		p = huge_alloc(size, align, flags); /* zeroed if asked (a fresh mapping is) */
 	}
 	if (!p)
 		errno = ENOMEM;
@@ -310,7 +461,7 @@ SA_API void *sa_calloc(size_t nmemb, size_t size)
 		return NULL;
 	}
 	if (n > SA_LARGE_MAX)
-		return malloc_slow(n, 1, SA_NOWARN); /* huge: a fresh mapping is zero */
+		return malloc_slow(n, 1, SA_ZERO | SA_NOWARN); /* huge: zero, fresh or reused */
 	return malloc_inline(n, SA_ZERO | SA_NOWARN);
 }
 
@@ -495,9 +646,11 @@ SA_API void sa_trim(void)
 		sa_cache_shrink(c);
 	pthread_mutex_unlock(&sa_caches_lock);
 	sa_segment_purge(1);
+	huge_cache_drop();
 }
 
 SA_API size_t sa_memory_held(void)
 {
-	return sa_segment_resident_bytes() + atomic_load(&huge_bytes);
+	return sa_segment_resident_bytes() + atomic_load(&huge_bytes) +
+	       atomic_load(&huge_cached_bytes);
 }

@@ -58,7 +58,8 @@ static void in_child(int (*body)(void), double limit, const char *what)
 		fail_msg("%s: no exit within %.0f s (deadlock)", what, limit);
 	}
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		fail_msg("%s: child %s %d", what, WIFSIGNALED(st) ? "killed by signal" : "exit status",
+		fail_msg("%s: child %s %d", what,
+			 WIFSIGNALED(st) ? "killed by signal" : "exit status",
 			 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
 }
 

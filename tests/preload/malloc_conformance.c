@@ -1180,6 +1180,47 @@ static void test_rss_after_trim(void **state)
 	      rss3 >> 20);
 }
 
+/* Huge blocks (> 2 MiB) are kept a while after free for reuse: a second free of one must be
+ * reported, never cached twice (two later allocations would then share it); trim drops them. */
+static void test_huge_double_free_and_reuse(void **state)
+{
+	(void)state;
+	if (!on_sheafalloc)
+		skip();
+	uint8_t *p = f_malloc(MiB(6));
+	assert_non_null(p);
+	memset(p, 0x5a, MiB(6));
+	f_free(p);
+	char path[] = "/tmp/sa_conformance_XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	fflush(stderr);
+	int saved = dup(2);
+	dup2(fd, 2);
+	f_free(p); /* double free of a cached huge block */
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	char buf[512] = {0};
+	ssize_t len = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	CHECK(len > 0 && strstr(buf, "sheafalloc"), "second free of a huge block not reported");
+	uint8_t *a = f_malloc(MiB(6)), *b = f_malloc(MiB(6));
+	CHECK(a && b && a != b, "two 6 MiB blocks after a double free: %p %p", (void *)a,
+	      (void *)b);
+	memset(a, 1, MiB(6));
+	memset(b, 2, MiB(6));
+	CHECK(a[MiB(6) - 1] == 1 && b[0] == 2, "huge blocks overlap");
+	f_free(a);
+	f_free(b);
+	size_t held = sa_memory_held_fn ? sa_memory_held_fn() : 0;
+	f_trim(0);
+	size_t after = sa_memory_held_fn ? sa_memory_held_fn() : 0;
+	CHECK(after + MiB(10) <= held, "malloc_trim kept the cached huge blocks: %zu -> %zu MiB",
+	      held >> 20, after >> 20);
+}
+
 /* glibc: malloc_trim returns 1 when it released memory to the system. Blocks are freed in
  * small batches (so the automatic purge past 64 MiB of dirty units does not run first). */
 static void test_malloc_trim_reports_release(void **state)
@@ -1875,6 +1916,7 @@ int main(void)
 		T(test_malloc_trim),
 		T(test_rss_after_trim),
 		T(test_malloc_trim_reports_release),
+		T(test_huge_double_free_and_reuse),
 		T(test_threads_random_and_handoff),
 		T(test_fork_while_threads_allocate),
 		T(test_fork_in_fallback_mode),
