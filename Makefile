@@ -32,7 +32,9 @@ TEST_BINS := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
 # tests/preload: plain programs that use the standard malloc names; run.sh runs them with
 # LD_PRELOAD=$(B)/libsheafalloc_malloc.so (and without, where the test compares the two)
 PRELOAD_SRCS := $(wildcard tests/preload/*.c)
-PRELOAD_BINS := $(if $(SAN),,$(patsubst tests/%.c,$(B)/tests/%,$(PRELOAD_SRCS)))
+PRELOAD_CXX  := $(wildcard tests/preload/*.cc)
+PRELOAD_BINS := $(if $(SAN),,$(patsubst tests/%.c,$(B)/tests/%,$(PRELOAD_SRCS)) \
+		$(patsubst tests/%.cc,$(B)/tests/%,$(PRELOAD_CXX)))
 TEST_HDRS := $(wildcard tests/*.h)
 
 .PHONY: all lib deps test check-long bench format format-check tidy clean install
@@ -51,9 +53,10 @@ $(B)/libsheafalloc.so: $(LIB_OBJS) exports.map
 
 # The malloc replacement: the same objects plus the standard names. Not built with sanitizers
 # (they replace malloc themselves).
-$(B)/libsheafalloc_malloc.so: $(LIB_OBJS) $(B)/obj/alloc/override/override.o exports_malloc.map
+OVERRIDE_OBJS := $(B)/obj/alloc/override/override.o $(B)/obj/alloc/override/cxx.o
+$(B)/libsheafalloc_malloc.so: $(LIB_OBJS) $(OVERRIDE_OBJS) exports_malloc.map
 	@echo "  LD      $@"
-	@$(CC) -shared -o $@ $(LIB_OBJS) $(B)/obj/alloc/override/override.o $(LDFLAGS) \
+	@$(CC) -shared -o $@ $(LIB_OBJS) $(OVERRIDE_OBJS) $(LDFLAGS) \
 		-Wl,--version-script=exports_malloc.map -Wl,-z,nodelete -Wl,-Bsymbolic-functions -Wl,-soname,libsheafalloc_malloc.so $(LIBS)
 
 $(B)/sheafalloc.pc: sheafalloc.pc.in Makefile
@@ -73,6 +76,11 @@ $(B)/tests/preload/%: tests/preload/%.c $(TEST_HDRS)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(OPT) -g $(WARN) -std=gnu11 -pthread -Itests -o $@ $< -lcmocka -ldl -lm
+
+$(B)/tests/preload/%: tests/preload/%.cc $(TEST_HDRS)
+	@mkdir -p $(dir $@)
+	@echo "  CXX     $<"
+	@$(CXX) $(OPT) -g $(WARN) -std=gnu++17 -pthread -o $@ $< -ldl
 
 deps:
 	@scripts/deps.sh build

@@ -201,7 +201,11 @@ SA_API void sa_free(void *obj)
 	struct sa_slab *s = sa_slab_of(obj);
 	struct sa_cache *c = s ? s->cache : NULL;
 	if (SA_UNLIKELY(!c)) {
-		if (obj && !sa_free_unknown(obj))
+		if (s) /* our memory, but no block starts there now */
+			sa_cache_bad_free(
+				NULL, obj,
+				"not an allocated block (freed already, or never allocated)");
+		else if (obj && !sa_free_unknown(obj))
 			sa_cache_bad_free(NULL, obj, "not a sheafalloc object");
 		return;
 	}

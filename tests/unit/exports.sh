@@ -4,8 +4,8 @@
 #      include/sheafalloc.h (or a header it includes under include/sheafalloc/)
 #   2. every global symbol defined by $B/libsheafalloc.a is in the sa_ namespace (static
 #      linking must not clash with the user's names; STYLE.md: internal names are sa_<module>_*)
-#   3. $B/libsheafalloc_malloc.so (where built) exports the sa_* API and exactly the malloc family
-#      of CONTRACT.md, and libsheafalloc.so none of those names
+#   3. $B/libsheafalloc_malloc.so (where built) exports the sa_* API, exactly the malloc family
+#      of CONTRACT.md and C++'s global operator new / delete, and libsheafalloc.so none of those
 # Run from the repository root (tests/run.sh does). Prints cmocka-style summary lines so that
 # tests/run.sh counts its checks like any other test.
 B=${B:-build}
@@ -69,6 +69,11 @@ if [ ! -f "$B/libsheafalloc_malloc.so" ]; then
 	ok malloc_library_exports
 else
 	std="malloc free calloc realloc reallocarray aligned_alloc posix_memalign memalign valloc pvalloc malloc_usable_size malloc_trim"
+	# C++'s global operator new and delete (alloc/override/cxx.c)
+	std="$std _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZnwmSt11align_val_t _ZnamSt11align_val_t"
+	std="$std _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t _ZdlPv _ZdaPv _ZdlPvm _ZdaPvm"
+	std="$std _ZdlPvRKSt9nothrow_t _ZdaPvRKSt9nothrow_t _ZdlPvSt11align_val_t _ZdaPvSt11align_val_t"
+	std="$std _ZdlPvmSt11align_val_t _ZdaPvmSt11align_val_t _ZdlPvSt11align_val_tRKSt9nothrow_t _ZdaPvSt11align_val_tRKSt9nothrow_t"
 	{ cat "$tmp/declared"; for n in $std; do echo "$n"; done; } | sort -u >"$tmp/allowed_malloc"
 	nm -D --defined-only "$B/libsheafalloc_malloc.so" | awk 'NF >= 3 { print $3 }' | sed 's/@.*//' | sort -u >"$tmp/exported_malloc"
 	bad=$(comm -23 "$tmp/exported_malloc" "$tmp/allowed_malloc")
