@@ -29,15 +29,46 @@
  *                 an oversubscribed machine does not serialize on a spinning thread. Items are
  *                 blocks (one malloc + one remote free); items_per_second is blocks per second of
  *                 wall time, all pairs together.
- *   harness       pair (64 B) and mixed with no allocator in it (a static buffer instead): what the
- *                 loop, the byte store and the table lookups cost, included in those rows.
+ *   churn         tail latency under churn: every malloc and every free timed alone, reported as
+ *                 percentiles. Why: the other shapes give means, which hide the slow paths a
+ *                 latency budget meets (cache refills and flushes, new slabs or spans, mmap and
+ *                 munmap of big blocks, purging); a skewed size mix with rare big blocks reaches
+ *                 them all. One iteration is a pass: untimed (PauseTiming), a working set of
+ *                 20,000 live blocks is filled and churned 100,000 times; then 2,000,000 timed
+ *                 replacements: free the block of a random slot, malloc a new size into that slot,
+ *                 write the new block's first and last byte (untimed). Slots and sizes come from a splitmix64 stream with
+ *                 a fixed seed per thread, the same for every allocator: 70% 16..128 B, 25%
+ *                 129..4096 B, 4.9% 4097 B..64 KiB, 0.1% 256 KiB..1 MiB, uniform within each range
+ *                 (about 56 MiB live); malloc_p99.9 therefore sits at the edge of the big blocks.
+ *                 The clock: lfence; rdtsc; lfence on x86 (calibrated against CLOCK_MONOTONIC over
+ *                 20 ms at start), clock_gettime(CLOCK_MONOTONIC) elsewhere; the median of 10,001
+ *                 empty timed regions, measured before each run, is subtracted from every sample
+ *                 (counter clock_ns). Samples (32-bit ticks) go to mmap'ed arrays, never through
+ *                 the allocator under test. Counters, in ns, over the last pass (so always
+ *                 2,000,000 malloc samples a thread): malloc_p50, malloc_p99, malloc_p99.9,
+ *                 malloc_p99.99, malloc_max, the same for free_; ops_per_iter (replacements per
+ *                 iteration; time per iteration / ops_per_iter is ns per replacement, clock reads
+ *                 and the random stream included) and live_MiB. google-benchmark still picks the
+ *                 number of passes: one when a pass takes min_time or more (as at 0.1 s, the
+ *                 Makefile's malloc_bench default), more otherwise; every pass starts over (the
+ *                 working set of the one before freed, the stream reseeded), so the last pass,
+ *                 the one reported, runs the same stream for every allocator either way.
+ *                 2 threads: each its own working set and stream; 10% of the blocks a thread
+ *                 replaces go, instead of to its own free, into a lock-free SPSC ring (16,384
+ *                 slots) to the other thread, which pops at most one per replacement and frees it
+ *                 (timed, a free sample; a full ring: the block is freed locally, nobody waits).
+ *                 Percentiles over both threads' samples together; remote_pct: the share of the
+ *                 frees that were remote.
+ *   harness       pair (64 B), mixed and churn with no allocator in it (a static buffer instead):
+ *                 what the loop, the byte stores and the table lookups cost, included in those
+ *                 rows; in churn, what is left of the clock after the overhead is subtracted.
  * On a 2-CPU machine the 2P+2C row runs 4 spinning threads on 2 CPUs: the handover then also
  * measures the scheduler (sched_yield); pinned to one CPU (BENCH_PIN), both rows time-slice.
  * Memory touched, the same for every allocator: every block gets exactly one byte written right
- * after its malloc (offset 0), and nothing else is read or written; in the realloc chains the one
- * byte written after every (re)alloc is the last byte of the new size, the part a growing buffer
- * is for (the copy is realloc's own). Every pointer escapes (sab_escape) so no malloc is folded
- * away or merged with its free.
+ * after its malloc (offset 0; churn: also the last byte), and nothing else is read or written;
+ * in the realloc chains the one byte written after every (re)alloc is the last byte of the new
+ * size, the part a growing buffer is for (the copy is realloc's own). Every pointer escapes
+ * (sab_escape) so no malloc is folded away or merged with its free.
  *
  * How each allocator is reached (as in core_bench.c, whose opening comment says why dlopen with
  * RTLD_LOCAL and not linking; nothing here differs):
@@ -53,10 +84,13 @@
  * Peers are called through function pointers copied to locals (a register); sheafalloc and glibc
  * through the GOT (-fno-plt): one indirect call per entry point for everyone.
  *
- * Processes: bench/Makefile runs three per allocator, each under /usr/bin/time for its peak RSS:
+ * Processes: bench/Makefile runs four per allocator, each under /usr/bin/time for its peak RSS:
  * '^<a>/(pair|batch|realloc)/' (single-thread shapes), '^<a>/mixed$' (whose peak RSS is the
  * ring of 10,000 live blocks plus the framework: a fragmentation figure) and '^<a>/prodcons/'
- * (remote frees). A process only ever loads the allocator its filter names.
+ * (remote frees) and '^<a>/churn' (1 and 2 threads, one repetition: its percentiles come from a
+ * fixed sample count). A process only ever loads the allocator its filter names. churn has a
+ * process of its own because its sample arrays (40 MiB a thread, mmap'ed and
+ * populated) and its 56 MiB working set would otherwise land in another group's peak RSS.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -66,6 +100,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gperftools/tcmalloc.h>
@@ -89,6 +125,16 @@
 #define GROW_MAX     (1u << 20) /* realloc/grow ends at 1 MiB */
 #define SMALL_MAX    4096	/* realloc/small ends at 4 KiB */
 
+/* the churn shape */
+#define CHURN_SLOTS   20000	 /* live blocks of one thread's working set */
+#define CHURN_OPS     2000000	 /* replacements per iteration (a pass): the fixed sample count */
+#define CHURN_WARM    100000	 /* untimed replacements after the fill */
+#define CHURN_CAL     10001	 /* empty timed regions: the clock's own cost */
+#define CHURN_THREADS 2		 /* at most */
+#define CHURN_BIG     (1u << 20) /* the largest churn block */
+#define CHURN_SEED    0x5eedc0ffee123457ull
+#define CHURN_RING    16384 /* slots of a hand-over ring: 20 ms or so of the other thread asleep */
+
 /* glibc's own entry points: malloc and free are aliases of these unless something interposes. */
 extern void *__libc_malloc(size_t size);
 extern void __libc_free(void *p);
@@ -98,12 +144,17 @@ extern void *__libc_realloc(void *p, size_t size);
 
 static uint64_t rng_state = 0x5eedf00d12345678ull;
 
-static uint64_t rng_next(void) /* splitmix64 */
+static inline uint64_t splitmix64(uint64_t *state)
 {
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 	return z ^ (z >> 31);
+}
+
+static uint64_t rng_next(void)
+{
+	return splitmix64(&rng_state);
 }
 
 static struct mix_op {
@@ -134,6 +185,50 @@ static void make_tables(void)
 	n_small = 0;
 	for (size_t n = 16; n <= SMALL_MAX; n += 16)
 		small_steps[n_small++] = n;
+}
+
+/* ---- the churn clock ----------------------------------------------------------------------- */
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* The first lfence waits for the timed call to finish, the second keeps what follows from starting
+ * before the read; the memory clobber keeps the compiler from moving anything across. */
+static inline __attribute__((always_inline)) uint64_t clk(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("lfence\n\trdtsc\n\tlfence" : "=a"(lo), "=d"(hi) : : "memory");
+	return (uint64_t)hi << 32 | lo;
+}
+#else
+static inline __attribute__((always_inline)) uint64_t clk(void)
+{
+	__asm__ volatile("" : : : "memory");
+	const uint64_t t = mono_ns();
+	__asm__ volatile("" : : : "memory");
+	return t;
+}
+#endif
+
+static double ns_per_tick = 1.0;
+
+/* rdtsc against CLOCK_MONOTONIC over 20 ms (constant_tsc assumed, as on every x86 since ~2008). */
+static void clock_setup(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	const uint64_t n0 = mono_ns(), t0 = clk();
+	uint64_t n1;
+	while ((n1 = mono_ns()) - n0 < 20000000u)
+		;
+	const uint64_t t1 = clk();
+	if (t1 > t0)
+		ns_per_tick = (double)(n1 - n0) / (double)(t1 - t0);
+#endif
 }
 
 /* ---- allocators: set up once, on first use ------------------------------------------------- */
@@ -171,7 +266,7 @@ static __typeof__(mi_realloc) *mi_realloc_p;
 static __typeof__(tc_malloc) *tc_malloc_p;
 static __typeof__(tc_free) *tc_free_p;
 static __typeof__(tc_realloc) *tc_realloc_p;
-static char harness_buf[MIX_MAX] __attribute__((aligned(64)));
+static char harness_buf[CHURN_BIG] __attribute__((aligned(64))); /* the largest size asked for */
 
 static const char *lib_of(const void *fn)
 {
@@ -395,6 +490,7 @@ static void *noop_thread(void *arg)
 static void process_setup(void)
 {
 	make_tables();
+	clock_setup();
 	pthread_t t;
 	if (pthread_create(&t, NULL, noop_thread, NULL) == 0)
 		pthread_join(t, NULL);
@@ -455,6 +551,197 @@ static inline void backoff(unsigned *spins)
 	} else {
 		*spins = 0;
 		sched_yield();
+	}
+}
+
+/* ---- churn: working sets, sample arrays, percentiles ----------------------------------------- */
+
+/* Sizes: 0.1% 256 KiB..1 MiB, 70% 16..128 B, 25% 129..4096 B, the rest (4.9%) 4097 B..64 KiB. */
+static inline uint32_t churn_size(uint64_t x)
+{
+	const uint32_t r = (uint32_t)(x % 10000), u = (uint32_t)(x >> 32);
+	if (r < 10)
+		return (256u << 10) + u % ((768u << 10) + 1);
+	if (r < 10 + 7000)
+		return 16 + u % (128 - 16 + 1);
+	if (r < 10 + 7000 + 2500)
+		return 129 + u % (4096 - 129 + 1);
+	return 4097 + u % (65536 - 4097 + 1);
+}
+
+struct churn_thread {
+	uint32_t *mal; /* CHURN_OPS malloc samples (ticks) */
+	uint32_t *fre; /* up to 2 * CHURN_OPS free samples: local ones and those of handed blocks */
+	size_t nfree;  /* free samples of the last pass */
+	size_t remote; /* of which frees of blocks handed over by the other thread */
+	uint32_t clock; /* median ticks of an empty timed region */
+	double live;	/* bytes asked for by the working set at the end */
+};
+
+/* One run at a time (google-benchmark runs one row at a time); thread 0 maps and computes. */
+static struct {
+	uint32_t *map; /* per thread CHURN_OPS malloc samples, then per thread 2 * CHURN_OPS free
+			* samples, then the sort's scratch (threads * 2 * CHURN_OPS) */
+	size_t len;
+	uint32_t *tmp;
+	struct churn_thread th[CHURN_THREADS];
+	double mal[5], fre[5], clock_ns, remote_pct, live_mib; /* the results */
+} churn;
+static void *churn_slot[CHURN_THREADS][CHURN_SLOTS];
+static uint32_t churn_sizes[CHURN_THREADS][CHURN_SLOTS];
+/* [t]: blocks handed to thread t; empty between runs (drained after the timed loop) */
+static struct churn_ring {
+	_Alignas(64) _Atomic uint64_t head; /* written by the other thread only */
+	_Alignas(64) _Atomic uint64_t tail; /* written by thread t only */
+	_Alignas(64) void *slot[CHURN_RING];
+} churn_rings[CHURN_THREADS];
+static const unsigned churn_q[5] = {5000, 9900, 9990, 9999, 10000}; /* per 10,000 */
+static const char *const churn_mal_names[5] = {"malloc_p50", "malloc_p99", "malloc_p99.9",
+					       "malloc_p99.99", "malloc_max"};
+static const char *const churn_fre_names[5] = {"free_p50", "free_p99", "free_p99.9", "free_p99.99",
+					       "free_max"};
+
+static void churn_barrier(int nthreads)
+{
+	static _Atomic unsigned arrived, generation;
+	const unsigned g = atomic_load(&generation);
+	if (atomic_fetch_add(&arrived, 1) + 1 == (unsigned)nthreads) {
+		atomic_store(&arrived, 0);
+		atomic_fetch_add(&generation, 1);
+	} else {
+		unsigned spins = 0;
+		while (atomic_load(&generation) == g)
+			backoff(&spins);
+	}
+}
+
+/* Non-blocking ends of an SPSC ring: 0 when full (push) or empty (pop). */
+static inline int churn_push(struct churn_ring *r, void *p)
+{
+	const uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	if (head - atomic_load_explicit(&r->tail, memory_order_acquire) >= CHURN_RING)
+		return 0;
+	r->slot[head & (CHURN_RING - 1)] = p;
+	atomic_store_explicit(&r->head, head + 1, memory_order_release);
+	return 1;
+}
+
+static inline int churn_pop(struct churn_ring *r, void **p)
+{
+	const uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	if (tail == atomic_load_explicit(&r->head, memory_order_acquire))
+		return 0;
+	*p = r->slot[tail & (CHURN_RING - 1)];
+	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+	return 1;
+}
+
+/* LSD radix sort, 11 bits a pass (3 passes); returns a or tmp, whichever holds the result. */
+static uint32_t *sort_u32(uint32_t *a, uint32_t *tmp, size_t n)
+{
+	for (unsigned shift = 0; shift < 32; shift += 11) {
+		size_t count[1u << 11] = {0};
+		for (size_t i = 0; i < n; i++)
+			count[(a[i] >> shift) & 0x7ff]++;
+		for (size_t k = 0, sum = 0; k < (1u << 11); k++) {
+			const size_t c = count[k];
+			count[k] = sum;
+			sum += c;
+		}
+		for (size_t i = 0; i < n; i++)
+			tmp[count[(a[i] >> shift) & 0x7ff]++] = a[i];
+		uint32_t *const t = a;
+		a = tmp;
+		tmp = t;
+	}
+	return a;
+}
+
+/* Nearest rank: the smallest sample with at least q of them at or below it. */
+static void percentiles(uint32_t *a, size_t n, double out[5])
+{
+	const uint32_t *s = sort_u32(a, churn.tmp, n);
+	for (int k = 0; k < 5; k++) {
+		const size_t rank = n ? (n * churn_q[k] + 9999) / 10000 : 0;
+		out[k] = n ? (double)s[rank ? rank - 1 : 0] * ns_per_tick : 0;
+	}
+}
+
+/* Maps the sample arrays (thread 0) and measures this thread's clock overhead; NULL for every
+ * thread when the mapping failed. */
+static struct churn_thread *churn_begin(int t, int nthreads)
+{
+	if (t == 0) {
+		churn.len = (size_t)nthreads * 5 * CHURN_OPS * sizeof(uint32_t);
+		void *m = mmap(NULL, churn.len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		churn.map = m == MAP_FAILED ? NULL : m;
+		for (int i = 0; churn.map && i < nthreads; i++) {
+			churn.th[i].mal = churn.map + (size_t)i * CHURN_OPS;
+			churn.th[i].fre = churn.map + (size_t)nthreads * CHURN_OPS +
+					  (size_t)i * 2 * CHURN_OPS;
+		}
+		churn.tmp = churn.map ? churn.map + (size_t)nthreads * 3 * CHURN_OPS : NULL;
+	}
+	churn_barrier(nthreads);
+	if (!churn.map)
+		return NULL;
+	struct churn_thread *th = &churn.th[t];
+	for (int i = 0; i < CHURN_CAL; i++) {
+		const uint64_t t0 = clk();
+		th->mal[i] = (uint32_t)(clk() - t0);
+	}
+	th->clock = sort_u32(th->mal, th->fre, CHURN_CAL)[CHURN_CAL / 2];
+	return th;
+}
+
+/* After the timed loop: every thread subtracts its clock overhead, thread 0 merges and computes
+ * the percentiles, every thread sets the same counters (google-benchmark averages them). */
+static void churn_end(sab_state *st, int t, int nthreads, size_t nfree, size_t remote)
+{
+	struct churn_thread *th = &churn.th[t];
+	const uint32_t c = th->clock;
+	for (size_t i = 0; i < CHURN_OPS; i++)
+		th->mal[i] = th->mal[i] > c ? th->mal[i] - c : 0;
+	for (size_t i = 0; i < nfree; i++)
+		th->fre[i] = th->fre[i] > c ? th->fre[i] - c : 0;
+	th->nfree = nfree;
+	th->remote = remote;
+	th->live = 0;
+	for (unsigned k = 0; k < CHURN_SLOTS; k++)
+		th->live += churn_sizes[t][k];
+	churn_barrier(nthreads);
+	if (t == 0) {
+		/* the malloc samples of all threads are contiguous; move the free samples together */
+		percentiles(churn.th[0].mal, (size_t)nthreads * CHURN_OPS, churn.mal);
+		size_t n = churn.th[0].nfree, rem = churn.th[0].remote;
+		double clock = churn.th[0].clock, live = churn.th[0].live;
+		for (int i = 1; i < nthreads; i++) {
+			memmove(churn.th[0].fre + n, churn.th[i].fre,
+				churn.th[i].nfree * sizeof(uint32_t));
+			n += churn.th[i].nfree;
+			rem += churn.th[i].remote;
+			clock += churn.th[i].clock;
+			live += churn.th[i].live;
+		}
+		percentiles(churn.th[0].fre, n, churn.fre);
+		churn.clock_ns = clock / nthreads * ns_per_tick;
+		churn.remote_pct = n ? 100.0 * (double)rem / (double)n : 0;
+		churn.live_mib = live / (1024.0 * 1024.0);
+	}
+	churn_barrier(nthreads);
+	for (int k = 0; k < 5; k++) {
+		sab_counter(st, churn_mal_names[k], churn.mal[k]);
+		sab_counter(st, churn_fre_names[k], churn.fre[k]);
+	}
+	sab_counter(st, "clock_ns", churn.clock_ns);
+	sab_counter(st, "ops_per_iter", CHURN_OPS);
+	sab_counter(st, "live_MiB", churn.live_mib);
+	if (nthreads > 1)
+		sab_counter(st, "remote_pct", churn.remote_pct);
+	if (t == 0) {
+		munmap(churn.map, churn.len); /* the others only read the results above */
+		churn.map = NULL;
 	}
 }
 
@@ -598,6 +885,91 @@ static inline void backoff(unsigned *spins)
 		}                                                                                  \
 	} while (0)
 
+/* One replacement of the churn: free (or hand over) the block of a random slot, free at most one
+ * block handed over by the other thread, malloc a new size into the slot. Each malloc and free is
+ * timed alone; the sample goes to mal[i] and fre[nf++]. */
+#define CHURN_TIMED(dst, CALL)                                       \
+	do {                                                         \
+		const uint64_t t0_ = clk();                          \
+		CALL;                                                \
+		const uint64_t d_ = clk() - t0_;                     \
+		(dst) = d_ < UINT32_MAX ? (uint32_t)d_ : UINT32_MAX; \
+	} while (0)
+
+#define CHURN_STEP(MALLOC, FREE)                                                          \
+	do {                                                                              \
+		const uint64_t x_ = splitmix64(&rng);                                     \
+		const uint32_t k_ = (uint32_t)(((x_ & 0xffffffffu) * CHURN_SLOTS) >> 32); \
+		const uint32_t n_ = churn_size(splitmix64(&rng));                         \
+		void *old_ = slot[k_], *p_;                                               \
+		if (!(peer && (x_ >> 32) % 10 == 0 && churn_push(peer, old_)))            \
+			CHURN_TIMED(fre[nf++], FREE(old_));                               \
+		if (mine && churn_pop(mine, &p_)) {                                       \
+			CHURN_TIMED(fre[nf++], FREE(p_));                                 \
+			remote++;                                                         \
+		}                                                                         \
+		CHURN_TIMED(mal[i], p_ = MALLOC(n_));                                     \
+		((char *)p_)[0] = 1;                                                      \
+		((char *)p_)[n_ - 1] = 1;                                                 \
+		sab_escape(p_);                                                           \
+		slot[k_] = p_;                                                            \
+		size[k_] = n_;                                                            \
+	} while (0)
+
+/* Every iteration is a pass of CHURN_OPS timed replacements that overwrites the samples of the one
+ * before; untimed before it (PauseTiming), so that every pass replays the same stream: the working
+ * set of the pass before freed, the stream reseeded, the working set filled, the warm-up. */
+#define SHAPE_CHURN(st, MALLOC, FREE)                                                 \
+	do {                                                                          \
+		const int t = sab_thread_index(st), nth = sab_threads(st);            \
+		if (nth > CHURN_THREADS) {                                            \
+			sab_skip((st), "churn runs on 1 or 2 threads");               \
+			return;                                                       \
+		}                                                                     \
+		struct churn_thread *const th = churn_begin(t, nth);                  \
+		if (!th) {                                                            \
+			sab_skip((st), "mmap of the sample arrays failed");           \
+			return;                                                       \
+		}                                                                     \
+		struct churn_ring *const mine = nth > 1 ? &churn_rings[t] : NULL;     \
+		struct churn_ring *const peer = nth > 1 ? &churn_rings[t ^ 1] : NULL; \
+		void **const slot = churn_slot[t];                                    \
+		uint32_t *const size = churn_sizes[t];                                \
+		uint32_t *const mal = th->mal, *const fre = th->fre;                  \
+		uint64_t rng;                                                         \
+		size_t nf = 0, remote = 0;                                            \
+		int filled = 0;                                                       \
+		while (sab_keep_running(st)) {                                        \
+			sab_pause(st);                                                \
+			for (unsigned k = 0; filled && k < CHURN_SLOTS; k++)          \
+				FREE(slot[k]);                                        \
+			rng = CHURN_SEED + (uint64_t)t * 0x632be59bd9b4e019ull;       \
+			for (unsigned k = 0; k < CHURN_SLOTS; k++) {                  \
+				const uint32_t n = churn_size(splitmix64(&rng));      \
+				void *p = MALLOC(n);                                  \
+				((char *)p)[0] = 1;                                   \
+				((char *)p)[n - 1] = 1;                               \
+				sab_escape(p);                                        \
+				slot[k] = p;                                          \
+				size[k] = n;                                          \
+			}                                                             \
+			filled = 1;                                                   \
+			for (size_t i = 0; i < CHURN_WARM; i++)                       \
+				CHURN_STEP(MALLOC, FREE);                             \
+			nf = remote = 0;                                              \
+			sab_resume(st);                                               \
+			for (size_t i = 0; i < CHURN_OPS; i++)                        \
+				CHURN_STEP(MALLOC, FREE);                             \
+		}                                                                     \
+		churn_end((st), t, nth, nf, remote);                                  \
+		void *q;                                                              \
+		while (mine && churn_pop(mine, &q))                                   \
+			FREE(q);                                                      \
+		for (unsigned k = 0; filled && k < CHURN_SLOTS; k++)                  \
+			FREE(slot[k]);                                                \
+		sab_set_items((st), sab_iterations(st) * CHURN_OPS);                  \
+	} while (0)
+
 /* Every body of one allocator; X is its macro prefix (X##_DECLS, X##_MALLOC, ...). */
 #define BODIES(name, id, X)                                                                 \
 	static void name##_pair(sab_state *st, const void *arg)                             \
@@ -645,6 +1017,14 @@ static inline void backoff(unsigned *spins)
 			return;                                                             \
 		X##_DECLS;                                                                  \
 		SHAPE_PRODCONS(st, X##_MALLOC, X##_FREE);                                   \
+	}                                                                                   \
+	static void name##_churn(sab_state *st, const void *arg)                            \
+	{                                                                                   \
+		(void)arg;                                                                  \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_CHURN(st, X##_MALLOC, X##_FREE);                                      \
 	}
 
 BODIES(sheaf, A_SHEAF, SHEAF)
@@ -671,6 +1051,15 @@ static void harness_mixed(sab_state *st, const void *arg)
 	SHAPE_MIXED(st, HARNESS_MALLOC, HARNESS_FREE);
 }
 
+static void harness_churn(sab_state *st, const void *arg)
+{
+	(void)arg;
+	if (!ready(st, A_HARNESS))
+		return;
+	HARNESS_DECLS;
+	SHAPE_CHURN(st, HARNESS_MALLOC, HARNESS_FREE);
+}
+
 /* ---- the table: "<allocator>/<shape>[/<size>]"; bench/Makefile runs one allocator per process */
 
 static const size_t sizes[] = {16, 64, 256, 1024, 4096, 16384, 32768};
@@ -691,8 +1080,10 @@ static const size_t sizes[] = {16, 64, 256, 1024, 4096, 16384, 32768};
 		{alloc "/realloc/grow", name##_realloc_grow, NULL, 0},          \
 		{alloc "/mixed", name##_mixed, NULL, 0},                        \
 		{alloc "/prodcons", name##_prodcons, NULL, -2},                 \
+		{alloc "/prodcons", name##_prodcons, NULL, -4},                 \
+		{alloc "/churn", name##_churn, NULL, 0},                        \
 	{                                                                       \
-		alloc "/prodcons", name##_prodcons, NULL, -4                    \
+		alloc "/churn", name##_churn, NULL, -2                          \
 	}
 
 const struct sab_bench sab_benches[] = {
@@ -704,5 +1095,6 @@ const struct sab_bench sab_benches[] = {
 	ROWS("glibc", glibc),
 	{"harness/pair/64", harness_pair, &sizes[1], 0},
 	{"harness/mixed", harness_mixed, NULL, 0},
+	{"harness/churn", harness_churn, NULL, 0},
 };
 const size_t sab_nbenches = sizeof(sab_benches) / sizeof(sab_benches[0]);

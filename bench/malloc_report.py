@@ -5,10 +5,12 @@ usage: malloc_report.py [--pin CPUS] RUN_DIR
 RUN_DIR holds <allocator>.<group>.json (google-benchmark --benchmark_out, run with repetitions and
 --benchmark_report_aggregates_only) and <allocator>.<group>.rss (peak RSS in KiB, /usr/bin/time
 -f %M) for the groups st (pair, batch, realloc), mixed and mt (prodcons), one process each, as
-`make -C bench run-malloc` writes them. Prints markdown on stdout.
+`make -C bench run-malloc` writes them, and churn (the churn rows, 1 and 2 threads) where the run
+has it: its table is left out otherwise. Prints markdown on stdout.
 
 Every time is the median over the repetitions of google-benchmark's real time. Ratios are
-time / baseline time: 1.00 is the baseline, below 1 is faster than it.
+time / baseline time: 1.00 is the baseline, below 1 is faster than it. The churn percentiles are
+counters of the bench (median over the repetitions where there are several).
 """
 import argparse
 import math
@@ -23,7 +25,7 @@ import json  # noqa: E402
 
 ORDER = ["sheafalloc", "jemalloc", "jemalloc-mallocx", "mimalloc", "tcmalloc", "glibc", "harness"]
 BASELINES = ["jemalloc", "mimalloc"]
-GROUPS = ["st", "mixed", "mt"]
+GROUPS = ["st", "mixed", "mt", "churn"]
 SIZES = [16, 64, 256, 1024, 4096, 16384, 32768]
 
 
@@ -55,7 +57,7 @@ def load(run_dir):
 
 
 def cv_of(runs, name):
-    e = entry(runs, name, "cv")
+    e = runs.get(name, {}).get("cv")  # none with one repetition (churn's default)
     return None if not e or e.get("error_occurred") else 100.0 * e["real_time"]
 
 
@@ -118,6 +120,83 @@ GEO_GROUPS = [
     ("mixed + realloc (3)", lambda k: k in ("mixed", "realloc/small", "realloc/grow")),
     ("prodcons (2)", lambda k: k.startswith("prodcons/")),
 ]
+
+
+# churn: the counters of one row (malloc_bench.c), the percentiles shown, the thread counts
+CHURN_Q = ["p50", "p99", "p99.9", "p99.99", "max"]
+CHURN_RUNS = [(1, "churn"), (2, "churn/real_time/threads:2")]
+
+
+def lat(v):
+    """A latency in ns, in the unit that keeps it short: 9.23, 580, 3.33 µs, 5.27 ms."""
+    if v is None:
+        return "—"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} ms"
+    if v >= 1e3:
+        return f"{v / 1e3:.2f} µs" if v < 1e4 else f"{v / 1e3:.0f} µs"
+    return fmt(v)
+
+
+def churn_table(data, allocs):
+    """The tail-latency table, or [] when no churn row ran."""
+    rows, clocks = [], []
+    base = {}  # (threads, "malloc"|"free") -> jemalloc's p99.9
+    for threads, suffix in CHURN_RUNS:
+        e = entry(data.get("jemalloc", {}).get("runs", {}), f"jemalloc/{suffix}")
+        if e and not e.get("error_occurred"):
+            for op in ("malloc", "free"):
+                base[threads, op] = e.get(f"{op}_p99.9")
+    for threads, suffix in CHURN_RUNS:
+        for a in allocs:
+            name = f"{a}/{suffix}"
+            e = entry(data[a]["runs"], name)
+            if not e or e.get("error_occurred"):
+                continue
+            if e.get("clock_ns") is not None:
+                clocks.append(e["clock_ns"])
+            t = ns(e)
+            per = t / e["ops_per_iter"] if t is not None and e.get("ops_per_iter") else None
+            row = [a, str(threads), fmt(per, noisy(data[a]["runs"], name))]
+            for op in ("malloc", "free"):
+                row += [lat(e.get(f"{op}_{q}")) for q in CHURN_Q]
+            for op in ("malloc", "free"):
+                v, b = e.get(f"{op}_p99.9"), base.get((threads, op))
+                row.append("" if a == "harness" else fmt(v / b) if v is not None and b else "—")
+            rem = e.get("remote_pct")
+            row.append(f"{rem:.1f}" if rem is not None else "")
+            rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    head = (["allocator", "threads", "ns/replace"] + [f"malloc {q}" for q in CHURN_Q]
+            + [f"free {q}" for q in CHURN_Q] + ["malloc p99.9 ×jemalloc", "free p99.9 ×jemalloc",
+                                                "remote frees %"])
+    lo, hi = (min(clocks), max(clocks)) if clocks else (None, None)
+    clock = "?" if lo is None else f"{lo:.1f} ns" if hi - lo < 0.05 else f"{lo:.1f}..{hi:.1f} ns"
+    return [
+        "### Tail latency under churn (ns per call unless marked; lower is better)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", "--:"] + ["--:"] * (len(head) - 2)) + "|",
+    ] + rows + [
+        "",
+        "20,000 live blocks a thread (about 56 MiB asked for): 70% 16..128 B, 25% 129..4096 B, "
+        "4.9% 4 KiB..64 KiB, 0.1% 256 KiB..1 MiB, from a fixed-seed stream, the same for every "
+        "allocator. After a fill and 100,000 untimed replacements, 2,000,000 replacements a "
+        "thread (free the block of a random slot, malloc a new size into it, write its first and "
+        "last byte; the writes are not timed), every malloc and every free timed alone with "
+        f"lfence;rdtsc;lfence; the clock's own cost (median of an empty timed region, {clock}) is "
+        "subtracted, so a p50 of 0 means no more than the clock's jitter. ns/replace is wall time "
+        "per replacement and thread, clock reads included (the harness row: the loop and the "
+        "clock alone). 0.1% of the mallocs are the big blocks, so malloc p99.9 sits at their "
+        "edge. 2 threads: each its own working set; 10% of the blocks go to the other thread "
+        "through a lock-free ring and are freed there (timed among the frees; remote frees %: "
+        "their share, below 10% when the ring was full and the block was freed locally); "
+        "percentiles over both threads' samples together. The harness row (no allocator) is the "
+        "floor: the clock's jitter, interrupts and preemption; tails at or near it say nothing "
+        "about the allocator. ×jemalloc: p99.9 / jemalloc's p99.9, same threads.",
+        "",
+    ]
 
 
 def fmt(v, bad=False):
@@ -226,7 +305,10 @@ def main():
         out.append("| " + " | ".join(row) + " |")
         out.append("")
 
-    # Table 4: memory
+    # Table 4: tail latency under churn (when the run has it)
+    out += churn_table(data, allocs)
+
+    # Table 5: memory
     out.append("### Memory (peak RSS of each process, MiB; /usr/bin/time %M)")
     out.append("")
     mhead = ["allocator", "pair+batch+realloc", "mixed", "×jemalloc", "mixed: RSS at end of loop",

@@ -16,16 +16,16 @@
 
 static int passed, failed;
 
-#define CHECK(cond, ...)                                                       \
-	do {                                                                   \
-		if (cond) {                                                    \
-			passed++;                                              \
-		} else {                                                       \
-			failed++;                                              \
+#define CHECK(cond, ...)                                                         \
+	do {                                                                     \
+		if (cond) {                                                      \
+			passed++;                                                \
+		} else {                                                         \
+			failed++;                                                \
 			std::printf("[  FAILED  ] %s:%d: ", __FILE__, __LINE__); \
-			std::printf(__VA_ARGS__);                              \
-			std::printf("\n");                                     \
-		}                                                              \
+			std::printf(__VA_ARGS__);                                \
+			std::printf("\n");                                       \
+		}                                                                \
 	} while (0)
 
 static bool ours(const void *fn)
@@ -55,7 +55,8 @@ int main()
 	void (*op_delete)(void *) noexcept = &::operator delete;
 	if (!allow_other) {
 		CHECK(ours(reinterpret_cast<void *>(op_new)), "operator new is not sheafalloc's");
-		CHECK(ours(reinterpret_cast<void *>(op_delete)), "operator delete is not sheafalloc's");
+		CHECK(ours(reinterpret_cast<void *>(op_delete)),
+		      "operator delete is not sheafalloc's");
 	}
 
 	// every form, many sizes; usable size from malloc_usable_size (same allocator)
@@ -81,15 +82,16 @@ int main()
 	// aligned new (C++17): the object and the array forms
 	for (int i = 0; i < 200; i++) {
 		Big *b = new Big;
-		CHECK((reinterpret_cast<std::uintptr_t>(b) & 255) == 0, "new Big: %p not 256-aligned",
-		      static_cast<void *>(b));
+		CHECK((reinterpret_cast<std::uintptr_t>(b) & 255) == 0,
+		      "new Big: %p not 256-aligned", static_cast<void *>(b));
 		std::memset(b, 1, sizeof(*b));
 		delete b;
 		Big *v = new Big[3];
 		CHECK((reinterpret_cast<std::uintptr_t>(v) & 255) == 0, "new Big[3] misaligned");
 		delete[] v;
 		void *w = ::operator new(100, std::align_val_t(4096), std::nothrow);
-		CHECK(w && (reinterpret_cast<std::uintptr_t>(w) & 4095) == 0, "nothrow aligned new");
+		CHECK(w && (reinterpret_cast<std::uintptr_t>(w) & 4095) == 0,
+		      "nothrow aligned new");
 		::operator delete(w, std::align_val_t(4096));
 	}
 
