@@ -7,8 +7,9 @@
  * Semantics, as libstdc++'s: new never returns NULL; on failure it calls the new-handler
  * (std::get_new_handler) and retries while there is one, else throws std::bad_alloc (through
  * libstdc++'s std::__throw_bad_alloc, weak: a C program has no libstdc++ and never calls these).
- * The nothrow forms return NULL on failure without calling the handler (a handler that throws
- * could not be caught here). Sized and aligned deletes ignore the size and alignment: every
+ * The nothrow forms of new are left to libstdc++, which calls ours inside a try block: a
+ * handler that throws bad_alloc must make them return nullptr, and C cannot catch it
+ * (gperftools' tcmalloc_unittest checks that the handler runs). Sized and aligned deletes ignore the size and alignment: every
  * block knows its own. new(0) returns a unique pointer.
  * The unwind tables of this file (-fasynchronous-unwind-tables, the x86_64 default) let
  * bad_alloc propagate through new_failed.
@@ -57,7 +58,8 @@ static inline void *op_new_aligned(size_t size, size_t align)
 	return SA_LIKELY(p != NULL) ? p : new_failed(size, align);
 }
 
-/* operator new(size_t), new[](size_t) and their nothrow forms */
+/* operator new(size_t), new[](size_t). The nothrow forms are libstdc++'s: they call these and
+ * catch bad_alloc, which C cannot do, so the new-handler runs for them as the standard says. */
 SA_API void *_Znwm(size_t size)
 {
 	return op_new(size);
@@ -66,18 +68,8 @@ SA_API void *_Znam(size_t size)
 {
 	return op_new(size);
 }
-SA_API void *_ZnwmRKSt9nothrow_t(size_t size, const void *nt)
-{
-	(void)nt;
-	return sa_malloc(size);
-}
-SA_API void *_ZnamRKSt9nothrow_t(size_t size, const void *nt)
-{
-	(void)nt;
-	return sa_malloc(size);
-}
 
-/* operator new(size_t, align_val_t) and friends (C++17) */
+/* operator new(size_t, align_val_t) (C++17); the nothrow forms: as above */
 SA_API void *_ZnwmSt11align_val_t(size_t size, size_t align)
 {
 	return op_new_aligned(size, align);
@@ -85,16 +77,6 @@ SA_API void *_ZnwmSt11align_val_t(size_t size, size_t align)
 SA_API void *_ZnamSt11align_val_t(size_t size, size_t align)
 {
 	return op_new_aligned(size, align);
-}
-SA_API void *_ZnwmSt11align_val_tRKSt9nothrow_t(size_t size, size_t align, const void *nt)
-{
-	(void)nt;
-	return sa_memalign(align, size);
-}
-SA_API void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t size, size_t align, const void *nt)
-{
-	(void)nt;
-	return sa_memalign(align, size);
 }
 
 /* operator delete: plain, sized (C++14), nothrow, aligned (C++17) */

@@ -1,7 +1,7 @@
 // tests/preload/cxx_new.cc — C++'s global operator new and delete under the malloc replacement
 // (alloc/override/cxx.c): they resolve to sheafalloc, every form allocates and frees, aligned
 // forms align, new never returns NULL (bad_alloc, after the new-handler), nothrow forms return
-// nullptr. Run with LD_PRELOAD=$PWD/build/libsheafalloc_malloc.so (tests/run.sh does);
+// nullptr after calling the new-handler (libstdc++'s nothrow forms around ours). Run with LD_PRELOAD=$PWD/build/libsheafalloc_malloc.so (tests/run.sh does);
 // SA_PRELOAD_ALLOW_OTHER=1 checks the expectations against libstdc++'s own operators.
 // Prints cmocka-style summary lines, which tests/run.sh counts.
 #include <dlfcn.h>
@@ -46,6 +46,13 @@ static void release_reserve()
 	std::free(reserve); // frees memory, then the retry of new fails again (absurd size)
 	reserve = nullptr;
 	std::set_new_handler(nullptr); // the next failure throws
+}
+
+static int nothrow_handler_calls;
+static void throwing_handler()
+{
+	nothrow_handler_calls++;
+	throw std::bad_alloc();
 }
 
 int main()
@@ -119,6 +126,19 @@ int main()
 	}
 	CHECK(threw && handler_calls == 1, "aligned new[](absurd): threw %d, handler calls %d",
 	      threw, handler_calls);
+
+	// nothrow new calls the new-handler too; one that throws bad_alloc makes it return nullptr
+	nothrow_handler_calls = 0;
+	std::set_new_handler(throwing_handler);
+	void *nt = ::operator new(absurd, std::nothrow);
+	CHECK(nt == nullptr && nothrow_handler_calls == 1,
+	      "nothrow new(absurd) = %p with a throwing handler called %d times (expected once)",
+	      nt, nothrow_handler_calls);
+	nt = ::operator new[](absurd, std::align_val_t(64), std::nothrow);
+	CHECK(nt == nullptr && nothrow_handler_calls == 2,
+	      "nothrow aligned new[](absurd): handler calls %d (expected 2)",
+	      nothrow_handler_calls);
+	std::set_new_handler(nullptr);
 
 	std::printf("[==========] cxx_new: %d check(s) run.\n", passed + failed);
 	if (failed) {

@@ -70,8 +70,7 @@ if [ ! -f "$B/libsheafalloc_malloc.so" ]; then
 else
 	std="malloc free calloc realloc reallocarray aligned_alloc posix_memalign memalign valloc pvalloc malloc_usable_size malloc_trim"
 	# C++'s global operator new and delete (alloc/override/cxx.c)
-	std="$std _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZnwmSt11align_val_t _ZnamSt11align_val_t"
-	std="$std _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t _ZdlPv _ZdaPv _ZdlPvm _ZdaPvm"
+	std="$std _Znwm _Znam _ZnwmSt11align_val_t _ZnamSt11align_val_t _ZdlPv _ZdaPv _ZdlPvm _ZdaPvm"
 	std="$std _ZdlPvRKSt9nothrow_t _ZdaPvRKSt9nothrow_t _ZdlPvSt11align_val_t _ZdaPvSt11align_val_t"
 	std="$std _ZdlPvmSt11align_val_t _ZdaPvmSt11align_val_t _ZdlPvSt11align_val_tRKSt9nothrow_t _ZdaPvSt11align_val_tRKSt9nothrow_t"
 	{ cat "$tmp/declared"; for n in $std; do echo "$n"; done; } | sort -u >"$tmp/allowed_malloc"
