@@ -198,7 +198,9 @@ int sa_free_unknown(void *p)
  * Freed huge mappings are kept a while for reuse (glibc and tcmalloc reuse such memory too;
  * a fresh mapping costs a page fault per 4 KiB on first touch, which dominated the
  * 5-25 MiB blocks of mimalloc-bench's malloc-large). At most HUGE_CACHE_SLOTS mappings and
- * HUGE_CACHE_MAX bytes, none older than purge_ms (checked on every huge allocation and free);
+ * HUGE_CACHE_MAX bytes, and no more than a quarter of the live huge bytes (a program with a few
+ * huge buffers that grow keeps nothing: that cost sqlite3 27 MiB of peak RSS), none older than
+ * purge_ms (checked on every huge allocation and free); a miss drops the smaller mappings;
  * sa_trim / malloc_trim unmap them all. A cached mapping keeps its segment-map bit, but its
  * unit record no longer names the huge cache, so a second free of the block is reported as a
  * bad free. A reuse takes the smallest mapping that fits, within twice the size, and unmaps
@@ -211,7 +213,7 @@ struct huge_cached {
 	size_t len;
 	uint64_t when_ns;
 };
-static pthread_mutex_t huge_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t huge_cache_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 static struct huge_cached huge_cache[HUGE_CACHE_SLOTS]; /* huge_cache_lock */
 static _Atomic size_t huge_cached_bytes;
 
@@ -278,6 +280,17 @@ static struct sa_segment *huge_cache_take(size_t len)
 		hit = *best;
 		best->seg = NULL;
 		atomic_fetch_sub(&huge_cached_bytes, hit.len);
+	} else {
+		/* a miss: a growing buffer (free the old, map a bigger one) would never reuse the
+		 * smaller mappings it left; drop them rather than hold their pages */
+		for (unsigned i = 0; i < HUGE_CACHE_SLOTS; i++) {
+			struct huge_cached *e = &huge_cache[i];
+			if (e->seg && e->len < len) {
+				out[n++] = *e;
+				atomic_fetch_sub(&huge_cached_bytes, e->len);
+				e->seg = NULL;
+			}
+		}
 	}
 	pthread_mutex_unlock(&huge_cache_lock);
 	huge_unmap_list(out, n);
@@ -289,7 +302,11 @@ static struct sa_segment *huge_cache_take(size_t len)
 /* Keep a freed huge mapping for reuse; 0 if it was not kept (the caller unmaps it). */
 static int huge_cache_put(struct sa_segment *seg, size_t len)
 {
-	if (len > HUGE_CACHE_MAX / 2 || sa_opt.purge_ms == 0)
+	/* at most a quarter of the live huge bytes: a program with few huge blocks keeps none */
+	size_t cap = atomic_load(&huge_bytes) / 4;
+	if (cap > HUGE_CACHE_MAX)
+		cap = HUGE_CACHE_MAX;
+	if (len > cap || sa_opt.purge_ms == 0)
 		return 0;
 	struct huge_cached out[HUGE_CACHE_SLOTS + 1];
 	pthread_mutex_lock(&huge_cache_lock);
@@ -304,7 +321,7 @@ static int huge_cache_put(struct sa_segment *seg, size_t len)
 			else if (!oldest || e->when_ns < oldest->when_ns)
 				oldest = e;
 		}
-		if (free_slot && atomic_load(&huge_cached_bytes) + len <= HUGE_CACHE_MAX) {
+		if (free_slot && atomic_load(&huge_cached_bytes) + len <= cap) {
 			free_slot->seg = seg;
 			free_slot->len = len;
 			free_slot->when_ns = mono_ns();

@@ -16,7 +16,7 @@
 
 void sa_barn_init(struct sa_barn *b)
 {
-	pthread_mutex_init(&b->lock, NULL);
+	sa_mutex_init(&b->lock);
 	b->full = b->empty = NULL;
 	b->nr_full = b->nr_empty = 0;
 }
