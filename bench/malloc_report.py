@@ -244,8 +244,8 @@ def main():
         f"{ctx.get('date', '?')} on {ctx.get('host_name', '?')}: {ctx.get('num_cpus', '?')} CPUs at "
         f"{ctx.get('mhz_per_cpu', '?')} MHz, load {load_avg or '?'} when the first process started, "
         f"{'pinned to CPU ' + args.pin if args.pin else 'not pinned'}; google-benchmark library "
-        f"built as {ctx.get('library_build_type', '?')}. Three processes per allocator (single-"
-        f"thread shapes, mixed, prodcons)."
+        f"built as {ctx.get('library_build_type', '?')}. Four processes per allocator (single-"
+        f"thread shapes, mixed, prodcons, churn)."
     )
     out.append("")
 
