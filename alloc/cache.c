@@ -126,7 +126,7 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 			errno = ENOMEM;
 			return NULL;
 		}
-		sa_mutex_init(&c->nodes[i]->lock);
+		pthread_mutex_init(&c->nodes[i]->lock, NULL);
 		sa_barn_init(&c->nodes[i]->barn);
 	}
 	pthread_mutex_init(&c->drain_lock, NULL);
@@ -227,7 +227,7 @@ void sa_cache_topology_changed(struct sa_cache *c)
 			       c->name, i);
 			continue;
 		}
-		sa_mutex_init(&n->lock);
+		pthread_mutex_init(&n->lock, NULL);
 		sa_barn_init(&n->barn);
 		__atomic_store_n(&c->nodes[i], n, __ATOMIC_RELEASE);
 	}

@@ -115,22 +115,6 @@ static void atfork_release(void)
 	pthread_mutex_unlock(&sa_caches_lock);
 }
 
-/*
- * Short-section locks (barn, cache node, pages, metadata, huge blocks): glibc's adaptive mutex
- * spins a little before it sleeps, so a waiter does not pay a futex sleep and wake-up (tens of
- * microseconds in a VM) for a section of a few hundred nanoseconds. On the 2-CPU build machine
- * the 2-thread churn benchmark's tails were the same either way (p99.99 3.2-3.5 us); the spin
- * is for machines where more threads meet on one barn.
- */
-void sa_mutex_init(pthread_mutex_t *m)
-{
-	pthread_mutexattr_t a;
-	pthread_mutexattr_init(&a);
-	pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
-	pthread_mutex_init(m, &a);
-	pthread_mutexattr_destroy(&a);
-}
-
 void sa_init_slow(void)
 {
 	if (initializing)

@@ -271,7 +271,6 @@ extern struct sa_cache *sa_caches; /* sa_caches_lock */
 
 void sa_init(void);
 void sa_init_slow(void);
-void sa_mutex_init(pthread_mutex_t *m); /* adaptive: spins briefly before sleeping */
 static inline void sa_ensure_init(void)
 {
 	if (SA_UNLIKELY(!__atomic_load_n(&sa_ready, __ATOMIC_ACQUIRE)))

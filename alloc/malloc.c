@@ -213,7 +213,7 @@ struct huge_cached {
 	size_t len;
 	uint64_t when_ns;
 };
-static pthread_mutex_t huge_cache_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
+static pthread_mutex_t huge_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct huge_cached huge_cache[HUGE_CACHE_SLOTS]; /* huge_cache_lock */
 static _Atomic size_t huge_cached_bytes;
 

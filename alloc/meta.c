@@ -12,7 +12,6 @@
  * kernel can abort it. Large blocks that are freed are purged with madvise (their pages read
  * back as zero) and kept on a list for reuse by a request of the same size.
  */
-#define _GNU_SOURCE /* PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP */
 #include <string.h>
 #include <sys/mman.h>
 
@@ -26,7 +25,7 @@ struct meta_free {
 	struct meta_free *next;
 };
 
-static pthread_mutex_t sa_meta_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
+static pthread_mutex_t sa_meta_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct meta_free *meta_lists[META_MAX_SHIFT + 1]; /* sa_meta_lock */
 static char *chunk_cur, *chunk_end;			 /* sa_meta_lock */
 static size_t meta_mapped;				 /* sa_meta_lock */

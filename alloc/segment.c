@@ -53,7 +53,7 @@ size_t sa_segment_dirty_bytes(void)
 static void pages_init(void)
 {
 	for (int i = 0; i < SA_MAX_NODES; i++)
-		sa_mutex_init(&pages[i].lock);
+		pthread_mutex_init(&pages[i].lock, NULL);
 }
 
 uint64_t sa_segment_bind_failures(void)

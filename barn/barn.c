@@ -16,7 +16,7 @@
 
 void sa_barn_init(struct sa_barn *b)
 {
-	sa_mutex_init(&b->lock);
+	pthread_mutex_init(&b->lock, NULL);
 	b->full = b->empty = NULL;
 	b->nr_full = b->nr_empty = 0;
 }
