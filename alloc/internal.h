@@ -346,6 +346,7 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 void sa_segment_free_units(struct sa_slab *head);
 int sa_segment_resize_units(struct sa_slab *head, unsigned units);
 void sa_malloc_atfork(int phase);   /* aligned_lock, huge_cache_lock: leaf locks */
+uint64_t sa_now_ns(void);	    /* CLOCK_MONOTONIC_COARSE, ns (purge and huge-cache ages) */
 size_t sa_segment_purge(int force); /* madvise dirty free units; force: all of them now */
 size_t sa_segment_dirty_bytes(void);
 void sa_segmap_set(const void *seg, int on);

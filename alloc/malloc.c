@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "sheaf/pcs_inline.h"
@@ -217,11 +216,13 @@ static pthread_mutex_t huge_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct huge_cached huge_cache[HUGE_CACHE_SLOTS]; /* huge_cache_lock */
 static _Atomic size_t huge_cached_bytes;
 
-static uint64_t mono_ns(void)
+/* Take e out of the cache (locked); the caller unmaps or reuses what it returns. */
+static struct huge_cached huge_cache_remove_locked(struct huge_cached *e)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	struct huge_cached r = *e;
+	atomic_fetch_sub(&huge_cached_bytes, e->len);
+	e->seg = NULL;
+	return r;
 }
 
 static void huge_unmap(struct sa_segment *seg, size_t len)
@@ -233,15 +234,12 @@ static void huge_unmap(struct sa_segment *seg, size_t len)
 /* Take expired entries (all of them with force) out of the cache into out[]; locked. */
 static unsigned huge_cache_expire_locked(struct huge_cached *out, int force)
 {
-	uint64_t now = mono_ns(), age = (uint64_t)sa_opt.purge_ms * 1000000ull;
+	uint64_t now = sa_now_ns(), age = (uint64_t)sa_opt.purge_ms * 1000000ull;
 	unsigned n = 0;
 	for (unsigned i = 0; i < HUGE_CACHE_SLOTS; i++) {
 		struct huge_cached *e = &huge_cache[i];
-		if (e->seg && (force || now - e->when_ns >= age)) {
-			out[n++] = *e;
-			atomic_fetch_sub(&huge_cached_bytes, e->len);
-			e->seg = NULL;
-		}
+		if (e->seg && (force || now - e->when_ns >= age))
+			out[n++] = huge_cache_remove_locked(e);
 	}
 	return n;
 }
@@ -277,19 +275,14 @@ static struct sa_segment *huge_cache_take(size_t len)
 			best = e;
 	}
 	if (best) {
-		hit = *best;
-		best->seg = NULL;
-		atomic_fetch_sub(&huge_cached_bytes, hit.len);
+		hit = huge_cache_remove_locked(best);
 	} else {
 		/* a miss: a growing buffer (free the old, map a bigger one) would never reuse the
 		 * smaller mappings it left; drop them rather than hold their pages */
 		for (unsigned i = 0; i < HUGE_CACHE_SLOTS; i++) {
 			struct huge_cached *e = &huge_cache[i];
-			if (e->seg && e->len < len) {
-				out[n++] = *e;
-				atomic_fetch_sub(&huge_cached_bytes, e->len);
-				e->seg = NULL;
-			}
+			if (e->seg && e->len < len)
+				out[n++] = huge_cache_remove_locked(e);
 		}
 	}
 	pthread_mutex_unlock(&huge_cache_lock);
@@ -324,13 +317,11 @@ static int huge_cache_put(struct sa_segment *seg, size_t len)
 		if (free_slot && atomic_load(&huge_cached_bytes) + len <= cap) {
 			free_slot->seg = seg;
 			free_slot->len = len;
-			free_slot->when_ns = mono_ns();
+			free_slot->when_ns = sa_now_ns();
 			atomic_fetch_add(&huge_cached_bytes, len);
 			break;
 		}
-		out[n++] = *oldest;
-		atomic_fetch_sub(&huge_cached_bytes, oldest->len);
-		oldest->seg = NULL;
+		out[n++] = huge_cache_remove_locked(oldest);
 	}
 	pthread_mutex_unlock(&huge_cache_lock);
 	huge_unmap_list(out, n);

@@ -185,7 +185,7 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 	return s;
 }
 
-static uint64_t now_ns(void)
+uint64_t sa_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -218,7 +218,7 @@ void sa_segment_free_units(struct sa_slab *head)
 	uint64_t d = atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE) +
 		     (uint64_t)units * SA_UNIT_SIZE;
 	if (d > SA_DIRTY_MAX ||
-	    now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull)
+	    sa_now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull)
 		sa_segment_purge(0);
 }
 
@@ -279,7 +279,7 @@ size_t sa_segment_purge(int force)
 {
 	(void)force;
 	pthread_once(&pages_once, pages_init);
-	atomic_store(&last_purge_ns, now_ns());
+	atomic_store(&last_purge_ns, sa_now_ns());
 	size_t total = 0;
 	for (int n = 0; n < SA_MAX_NODES; n++) {
 		struct sa_pages *pg = &pages[n];

@@ -59,14 +59,14 @@ static struct sa_pcs_slot *fb_lock(struct sa_cache *c)
 	return slot;
 }
 
-static void set_state(struct sa_sheaf *s, uint32_t size, uint32_t ops)
-{
-	__atomic_store_n(&s->state, (uint64_t)size | ((uint64_t)ops << 32), __ATOMIC_RELAXED);
-}
-
 static void set_state_word(struct sa_sheaf *s, uint64_t st)
 {
 	__atomic_store_n(&s->state, st, __ATOMIC_RELAXED);
+}
+
+static void set_state(struct sa_sheaf *s, uint32_t size, uint32_t ops)
+{
+	set_state_word(s, (uint64_t)size | ((uint64_t)ops << 32));
 }
 
 static void set_top(struct sa_pcs_slot *slot, uint64_t top)
