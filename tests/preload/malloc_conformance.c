@@ -1226,6 +1226,111 @@ static void test_huge_double_free_and_reuse(void **state)
 	f_free(keep);
 }
 
+/*
+ * Large blocks (32 KiB .. 1 MiB) freed and allocated again: sheafalloc keeps a few freed runs per
+ * CPU for reuse. A second free of such a block is reported and must not put it in twice (two
+ * later blocks of the size would be one); threads that free each other's large blocks of mixed
+ * sizes must never get overlapping blocks (a page-spaced pattern of each block is checked when
+ * it is freed).
+ */
+#define LARGE_SLOTS 64
+static _Atomic(uint64_t *) large_slot[LARGE_SLOTS];
+static atomic_int large_errors;
+
+static void large_fill(uint64_t *p, size_t size, uint64_t tag)
+{
+	for (size_t off = 0; off / 8 < (size - 8) / 8; off += 4096)
+		p[off / 8] = tag ^ off;
+	p[(size - 8) / 8] = tag ^ size;
+}
+
+static int large_intact(const uint64_t *p, size_t size, uint64_t tag)
+{
+	for (size_t off = 0; off / 8 < (size - 8) / 8; off += 4096)
+		if (p[off / 8] != (tag ^ off))
+			return 0;
+	return p[(size - 8) / 8] == (tag ^ size);
+}
+
+static void *large_worker(void *arg)
+{
+	uint64_t x = 0x9e3779b97f4a7c15ull * (uint64_t)(uintptr_t)arg + 1;
+	for (int i = 0; i < 6000; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		size_t size = 32768 + (size_t)(x % (4 * 65536)); /* 1..5 units */
+		if ((x >> 40) % 16 == 0)
+			size = 300000 + (size_t)(x % 700000); /* 5..16 units */
+		uint64_t *p = f_malloc(size);
+		if (!p || f_usable(p) < size) {
+			atomic_fetch_add(&large_errors, 1);
+			continue;
+		}
+		/* the tag holds the size: whoever frees the block can check it */
+		uint64_t tag = ((uint64_t)size << 20) ^ ((uintptr_t)p >> 4);
+		large_fill(p, size, tag);
+		p[1] = size;
+		uint64_t *old = atomic_exchange(&large_slot[(x >> 20) % LARGE_SLOTS], p);
+		if (old) {
+			size_t os = (size_t)old[1];
+			uint64_t ot = ((uint64_t)os << 20) ^ ((uintptr_t)old >> 4);
+			if (os < 32768 || os > 1000000 || !large_intact(old, os, ot))
+				atomic_fetch_add(&large_errors, 1);
+			f_free(old);
+		}
+	}
+	return NULL;
+}
+
+static void test_large_reuse_double_free_threads(void **state)
+{
+	(void)state;
+	if (on_sheafalloc) {
+		uint8_t *p = f_malloc(100000);
+		assert_non_null(p);
+		memset(p, 0x33, 100000);
+		f_free(p);
+		char path[] = "/tmp/sa_conformance_XXXXXX";
+		int fd = mkstemp(path);
+		assert_true(fd >= 0);
+		unlink(path);
+		fflush(stderr);
+		int saved = dup(2);
+		dup2(fd, 2);
+		f_free(p); /* double free of a large block that may sit in a per-CPU stash */
+		fflush(stderr);
+		dup2(saved, 2);
+		close(saved);
+		char buf[512] = {0};
+		ssize_t len = pread(fd, buf, sizeof(buf) - 1, 0);
+		close(fd);
+		CHECK(len > 0 && strstr(buf, "sheafalloc"),
+		      "second free of a large block not reported");
+		uint8_t *a = f_malloc(100000), *b = f_malloc(100000);
+		CHECK(a && b && a != b, "two 100000-byte blocks after a double free: %p %p",
+		      (void *)a, (void *)b);
+		memset(a, 1, 100000);
+		memset(b, 2, 100000);
+		CHECK(a[99999] == 1 && b[0] == 2, "large blocks overlap");
+		f_free(a);
+		f_free(b);
+	}
+	enum { T = 4 };
+	pthread_t th[T];
+	atomic_store(&large_errors, 0);
+	for (int i = 0; i < T; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, large_worker, (void *)(uintptr_t)i),
+				 0);
+	for (int i = 0; i < T; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < LARGE_SLOTS; i++) {
+		uint64_t *p = atomic_exchange(&large_slot[i], NULL);
+		f_free(p);
+	}
+	CHECK(atomic_load(&large_errors) == 0,
+	      "%d large blocks came back with another block's contents, or short",
+	      atomic_load(&large_errors));
+}
+
 /* glibc: malloc_trim returns 1 when it released memory to the system. Blocks are freed in
  * small batches (so the automatic purge past 64 MiB of dirty units does not run first). */
 static void test_malloc_trim_reports_release(void **state)
@@ -1922,6 +2027,7 @@ int main(void)
 		T(test_rss_after_trim),
 		T(test_malloc_trim_reports_release),
 		T(test_huge_double_free_and_reuse),
+		T(test_large_reuse_double_free_threads),
 		T(test_threads_random_and_handoff),
 		T(test_fork_while_threads_allocate),
 		T(test_fork_in_fallback_mode),
