@@ -18,8 +18,10 @@
  *   4. cnode->lock         one cache's slabs on one node (partial list, slab bitmaps)
  *   4b. aligned_lock, huge_cache_lock (alloc/malloc.c) the huge-block lists; leaves: nothing
  *                          is taken while one is held
- *   5. pages->lock         one node's segments and their free units
+ *   5. pages->lock         one node's segments and their free units (adaptive: spins, then sleeps)
  *   6. sa_meta_lock        the internal metadata allocator
+ *   7. stash->lock         one CPU's stash of freed unit runs (alloc/segment.c); a leaf spinlock,
+ *                          only tried, except by a purge and the fork handlers
  * No lock is held across user code (constructors run with no lock held).
  */
 #ifndef SA_ALLOC_INTERNAL_H
@@ -345,7 +347,26 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 				       _Atomic uint64_t *bind_failures);
 void sa_segment_free_units(struct sa_slab *head);
 int sa_segment_resize_units(struct sa_slab *head, unsigned units);
-void sa_malloc_atfork(int phase);   /* aligned_lock, huge_cache_lock: leaf locks */
+void sa_malloc_atfork(int phase); /* aligned_lock, huge_cache_lock: leaf locks */
+
+/* What mallinfo, mallinfo2, malloc_stats and malloc_info report (alloc/malloc.c fills it). */
+#define SA_MALLOC_CLASSES 40
+struct sa_malloc_totals {
+	size_t mapped;	 /* segment address space mapped (never unmapped: also its maximum) */
+	size_t resident; /* segment bytes that may be resident: headers, runs in use, dirty */
+	size_t in_use;	 /* bytes of objects in use in every cache, and of large blocks */
+	size_t cached;	 /* bytes of free objects in sheaves and barns */
+	size_t dirty;	 /* free units not purged yet (stashed runs included) */
+	size_t huge, huge_blocks; /* live huge mappings */
+	size_t huge_max, huge_max_blocks;
+	size_t huge_cached; /* freed huge mappings kept for reuse */
+	struct {
+		uint32_t size;
+		uint64_t in_use, cached; /* objects */
+	} cls[SA_MALLOC_CLASSES];
+};
+void sa_malloc_totals(struct sa_malloc_totals *t);
+size_t sa_segment_used_bytes(void); /* units handed out (slabs and large blocks), in bytes */
 uint64_t sa_now_ns(void);	    /* CLOCK_MONOTONIC_COARSE, ns (purge and huge-cache ages) */
 size_t sa_segment_purge(int force); /* madvise dirty free units; force: all of them now */
 size_t sa_segment_dirty_bytes(void);

@@ -42,6 +42,25 @@ struct sa_cache *sa_class_cache[SA_NR_CLASSES];
 static struct sa_cache *sa_large_cache; /* markers: never hold objects */
 static struct sa_cache *sa_huge_cache;
 static _Atomic size_t huge_bytes; /* bytes of live huge mappings */
+static _Atomic size_t huge_blocks, huge_max_bytes, huge_max_blocks; /* for mallinfo */
+
+/* Account for huge bytes and blocks coming (add) or going; keeps the maxima mallinfo reports. */
+static void huge_account(size_t bytes, int blocks, bool add)
+{
+	if (!add) {
+		atomic_fetch_sub(&huge_bytes, bytes);
+		atomic_fetch_sub(&huge_blocks, (size_t)blocks);
+		return;
+	}
+	size_t b = atomic_fetch_add(&huge_bytes, bytes) + bytes;
+	size_t n = atomic_fetch_add(&huge_blocks, (size_t)blocks) + (size_t)blocks;
+	size_t m = atomic_load_explicit(&huge_max_bytes, memory_order_relaxed);
+	while (b > m && !atomic_compare_exchange_weak(&huge_max_bytes, &m, b))
+		;
+	m = atomic_load_explicit(&huge_max_blocks, memory_order_relaxed);
+	while (n > m && !atomic_compare_exchange_weak(&huge_max_blocks, &m, n))
+		;
+}
 
 static inline unsigned size_to_class(size_t n)
 {
@@ -155,7 +174,7 @@ static void *aligned_huge_alloc(size_t size, size_t align)
 	aligned_list = h;
 	atomic_fetch_add(&aligned_count, 1);
 	pthread_mutex_unlock(&aligned_lock);
-	atomic_fetch_add(&huge_bytes, len);
+	huge_account(len, 1, true);
 	return a;
 }
 
@@ -180,7 +199,7 @@ static size_t aligned_huge_find(const void *p, int unlink)
 	}
 	pthread_mutex_unlock(&aligned_lock);
 	if (found && unlink) {
-		atomic_fetch_sub(&huge_bytes, found->len);
+		huge_account(found->len, 1, false);
 		munmap(found->base, found->len);
 		sa_meta_free(found, sizeof(*found));
 	}
@@ -374,7 +393,7 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 	} else if (flags & SA_ZERO) {
 		memset(a + off, 0, size); /* a fresh mapping is zero; a reused one is not */
 	}
-	atomic_fetch_add(&huge_bytes, len);
+	huge_account(len, 1, true);
 	return a + off;
 }
 
@@ -387,7 +406,7 @@ static void huge_free(void *p)
 {
 	struct sa_segment *seg = seg_of(p);
 	size_t len = seg->huge_len;
-	atomic_fetch_sub(&huge_bytes, len);
+	huge_account(len, 1, false);
 	struct sa_slab *rec =
 		&seg->slabs[(seg->huge_off >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
 	__atomic_store_n(&rec->cache, NULL, __ATOMIC_RELEASE); /* not a block any more */
@@ -499,13 +518,13 @@ static void *huge_realloc(void *p, size_t size)
 		if (nlen < len)
 			munmap((char *)seg + nlen, len - nlen);
 		seg->huge_len = nlen;
-		atomic_fetch_sub(&huge_bytes, len - nlen);
+		huge_account(len - nlen, 0, false);
 		return p;
 	}
 	/* grow in place if the next pages are free */
 	if (mremap(seg, len, nlen, 0) != MAP_FAILED) {
 		seg->huge_len = nlen;
-		atomic_fetch_add(&huge_bytes, nlen - len);
+		huge_account(nlen - len, 0, true);
 		return p;
 	}
 	/* move the pages (no copy) into a reserved 4 MiB-aligned place */
@@ -521,7 +540,7 @@ static void *huge_realloc(void *p, size_t size)
 	}
 	struct sa_segment *ns = (struct sa_segment *)a;
 	ns->huge_len = nlen;
-	atomic_fetch_add(&huge_bytes, nlen - len);
+	huge_account(nlen - len, 0, true);
 	sa_segmap_set(ns, 1);
 	return a + off;
 }
@@ -655,6 +674,43 @@ SA_API void sa_trim(void)
 	pthread_mutex_unlock(&sa_caches_lock);
 	sa_segment_purge(1);
 	huge_cache_drop();
+}
+
+void sa_malloc_totals(struct sa_malloc_totals *t)
+{
+	sa_ensure_init();
+	memset(t, 0, sizeof(*t));
+	size_t in_slabs = 0; /* bytes of every cache's slabs */
+	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache *c = sa_caches; c; c = c->next) {
+		struct sa_cache_stats st;
+		if (sa_cache_stats(c, &st) != 0)
+			continue;
+		t->in_use += st.objects_in_use * st.object_size;
+		t->cached += st.objects_cached * st.object_size;
+		in_slabs += st.bytes_held;
+	}
+	pthread_mutex_unlock(&sa_caches_lock);
+	_Static_assert(SA_MALLOC_CLASSES == SA_NR_CLASSES, "one entry a class");
+	for (unsigned i = 0; i < SA_NR_CLASSES; i++) {
+		struct sa_cache_stats st;
+		t->cls[i].size = class_size[i];
+		if (sa_class_cache[i] && sa_cache_stats(sa_class_cache[i], &st) == 0) {
+			t->cls[i].in_use = st.objects_in_use;
+			t->cls[i].cached = st.objects_cached;
+		}
+	}
+	size_t used = sa_segment_used_bytes(); /* slabs and large blocks */
+	if (used > in_slabs)
+		t->in_use += used - in_slabs;
+	t->mapped = sa_segment_mapped_bytes();
+	t->resident = sa_segment_resident_bytes();
+	t->dirty = sa_segment_dirty_bytes();
+	t->huge = atomic_load(&huge_bytes);
+	t->huge_blocks = atomic_load(&huge_blocks);
+	t->huge_max = atomic_load(&huge_max_bytes);
+	t->huge_max_blocks = atomic_load(&huge_max_blocks);
+	t->huge_cached = atomic_load(&huge_cached_bytes);
 }
 
 SA_API size_t sa_memory_held(void)

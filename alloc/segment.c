@@ -103,6 +103,11 @@ size_t sa_segment_mapped_bytes(void)
 	return atomic_load(&mapped_bytes);
 }
 
+size_t sa_segment_used_bytes(void)
+{
+	return atomic_load(&units_used) * SA_UNIT_SIZE;
+}
+
 /* Bytes of segment memory that may be resident: headers, units in use, dirty free units. */
 size_t sa_segment_resident_bytes(void)
 {

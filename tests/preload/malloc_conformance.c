@@ -1331,6 +1331,113 @@ static void test_large_reuse_double_free_threads(void **state)
 	      atomic_load(&large_errors));
 }
 
+/*
+ * mallinfo, mallinfo2, malloc_stats, malloc_info describe the allocator in use (as glibc's tests
+ * tst-mallinfo2 and tst-malloc-tcache-leak expect): blocks in use show in uordblks and leave it
+ * when freed, huge blocks in hblks/hblkhd, threads that come and go leave nothing in use.
+ */
+static struct mallinfo2 (*volatile f_mallinfo2)(void) = mallinfo2;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static struct mallinfo (*volatile f_mallinfo)(void) = mallinfo;
+#pragma GCC diagnostic pop
+static void (*volatile f_malloc_stats)(void) = malloc_stats;
+static int (*volatile f_malloc_info)(int, FILE *) = malloc_info;
+
+static void *info_thread(void *arg)
+{
+	(void)arg;
+	void *p = f_malloc(32);
+	f_free(p);
+	return f_malloc(32);
+}
+
+static void test_mallinfo_and_stats(void **state)
+{
+	(void)state;
+	enum { N = 19 };
+	void *p[N];
+	size_t total = 0;
+	struct mallinfo2 m0 = f_mallinfo2();
+	for (int i = 0; i < N; i++) {
+		p[i] = f_malloc(160 * (size_t)(i + 1));
+		assert_non_null(p[i]);
+		memset(p[i], i, 160 * (size_t)(i + 1));
+		total += 160 * (size_t)(i + 1);
+	}
+	struct mallinfo2 m1 = f_mallinfo2();
+	CHECK(m1.uordblks >= m0.uordblks + total, "uordblks %zu -> %zu after %zu bytes allocated",
+	      m0.uordblks, m1.uordblks, total);
+	CHECK(m1.arena >= m1.uordblks - m1.hblkhd || m1.arena >= m1.uordblks,
+	      "arena %zu below the bytes in use %zu", m1.arena, m1.uordblks);
+	for (int i = 0; i < N; i++)
+		f_free(p[i]);
+	struct mallinfo2 m2 = f_mallinfo2();
+	/* glibc counts blocks in its per-thread cache as in use; sheafalloc's sheaves are free */
+	CHECK(!on_sheafalloc || m2.uordblks + total <= m1.uordblks,
+	      "uordblks %zu -> %zu after %zu bytes freed", m1.uordblks, m2.uordblks, total);
+
+	uint8_t *h = f_malloc(MiB(48));
+	assert_non_null(h);
+	h[0] = 1;
+	struct mallinfo2 m3 = f_mallinfo2();
+	CHECK(m3.hblks >= m2.hblks + 1 && m3.hblkhd >= m2.hblkhd + MiB(48),
+	      "a 48 MiB block: hblks %zu -> %zu, hblkhd %zu -> %zu", m2.hblks, m3.hblks, m2.hblkhd,
+	      m3.hblkhd);
+	f_free(h);
+
+	/* threads that allocate, free and hand a block back leave nothing behind */
+	enum { THREADS = 4000 }; /* a 32-byte block leaked per thread would be 128 KiB */
+	struct mallinfo before = f_mallinfo();
+	CHECK(before.uordblks != 0, "mallinfo: uordblks is 0 with blocks in use");
+	for (int i = 0; i < THREADS; i++) {
+		pthread_t t;
+		void *ret = NULL;
+		assert_int_equal(pthread_create(&t, NULL, info_thread, NULL), 0);
+		pthread_join(t, &ret);
+		assert_non_null(ret);
+		f_free(ret);
+	}
+	struct mallinfo after = f_mallinfo();
+	CHECK(after.uordblks <= before.uordblks + 16384,
+	      "mallinfo: %d bytes in use before %d threads, %d after", before.uordblks, THREADS,
+	      after.uordblks);
+
+	/* malloc_stats: stderr, with the lines tools look for */
+	char path[] = "/tmp/sa_conformance_XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	fflush(stderr);
+	int saved = dup(2);
+	dup2(fd, 2);
+	f_malloc_stats();
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	char buf[2048] = {0};
+	ssize_t len = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	CHECK(len > 0 && strstr(buf, "in use bytes") && strstr(buf, "max mmap bytes"),
+	      "malloc_stats printed: %s", buf);
+
+	/* malloc_info: XML to the stream; options other than 0 return EINVAL (glibc's contract) */
+	char *xml = NULL;
+	size_t xlen = 0;
+	FILE *mf = open_memstream(&xml, &xlen);
+	assert_non_null(mf);
+	int r = f_malloc_info(0, mf);
+	fclose(mf);
+	CHECK(r == 0 && xml && strstr(xml, "<malloc version=") && strstr(xml, "</malloc>"),
+	      "malloc_info returned %d: %s", r, xml ? xml : "(nothing)");
+	free(xml);
+	mf = fopen("/dev/null", "w");
+	assert_non_null(mf);
+	r = f_malloc_info(1, mf);
+	CHECK(r == EINVAL, "malloc_info(1, fp): %d", r);
+	fclose(mf);
+}
+
 /* glibc: malloc_trim returns 1 when it released memory to the system. Blocks are freed in
  * small batches (so the automatic purge past 64 MiB of dirty units does not run first). */
 static void test_malloc_trim_reports_release(void **state)
@@ -2028,6 +2135,7 @@ int main(void)
 		T(test_malloc_trim_reports_release),
 		T(test_huge_double_free_and_reuse),
 		T(test_large_reuse_double_free_threads),
+		T(test_mallinfo_and_stats),
 		T(test_threads_random_and_handoff),
 		T(test_fork_while_threads_allocate),
 		T(test_fork_in_fallback_mode),

@@ -68,7 +68,7 @@ if [ ! -f "$B/libsheafalloc_malloc.so" ]; then
 	echo "no $B/libsheafalloc_malloc.so (not built in this tree): nothing to check"
 	ok malloc_library_exports
 else
-	std="malloc free calloc realloc reallocarray aligned_alloc posix_memalign memalign valloc pvalloc malloc_usable_size malloc_trim"
+	std="malloc free calloc realloc reallocarray aligned_alloc posix_memalign memalign valloc pvalloc malloc_usable_size malloc_trim mallinfo mallinfo2 malloc_stats malloc_info"
 	# C++'s global operator new and delete (alloc/override/cxx.c)
 	std="$std _Znwm _Znam _ZnwmSt11align_val_t _ZnamSt11align_val_t _ZdlPv _ZdaPv _ZdlPvm _ZdaPvm"
 	std="$std _ZdlPvRKSt9nothrow_t _ZdaPvRKSt9nothrow_t _ZdlPvSt11align_val_t _ZdaPvSt11align_val_t"
