@@ -125,9 +125,17 @@ static void *large_alloc(size_t size, size_t align, sa_flags_t flags)
 			       (uintptr_t)base);
 	s->nobjs = 1;
 	s->inuse = 1;
+	s->hint = (uint32_t)off; /* where the block starts: free checks it */
 	for (unsigned i = 0; i < s->nunits; i++)
 		__atomic_store_n(&s[i].cache, c, __ATOMIC_RELEASE);
 	return base + off;
+}
+
+/* Is p the start of the large block whose unit record is s (not a pointer into it)? */
+static bool large_is_start(const struct sa_slab *s, const void *p)
+{
+	const struct sa_slab *h = s->head;
+	return h && (const char *)p == sa_slab_base(h) + h->hint;
 }
 
 static size_t large_usable(struct sa_slab *s, const void *p)
@@ -418,11 +426,18 @@ static void huge_free(void *p)
 SA_NOINLINE void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why)
 {
 	if (c == sa_large_cache) {
-		sa_segment_free_units(s->head);
+		if (SA_UNLIKELY(!large_is_start(s, p)))
+			sa_cache_bad_free(NULL, p, "a pointer into a block, not its start");
+		else
+			sa_segment_free_units(s->head);
 		return;
 	}
 	if (c == sa_huge_cache) {
-		huge_free(p);
+		const struct sa_segment *seg = seg_of(p);
+		if (SA_UNLIKELY((const char *)p != (const char *)seg + seg->huge_off))
+			sa_cache_bad_free(NULL, p, "a pointer into a block, not its start");
+		else
+			huge_free(p);
 		return;
 	}
 	sa_pcs_free_slow(c, p, s->node, why);
@@ -558,6 +573,13 @@ SA_API void *sa_realloc(void *p, size_t size)
 	size_t old = sa_malloc_usable_size(p);
 	if (!c && !old) {
 		sa_cache_bad_free(NULL, p, "realloc of a pointer that is not a sheafalloc block");
+		errno = EINVAL;
+		return NULL;
+	}
+	if (SA_UNLIKELY(
+		    (c == sa_large_cache && !large_is_start(s, p)) ||
+		    (c == sa_huge_cache && (char *)p != (char *)seg_of(p) + seg_of(p)->huge_off))) {
+		sa_cache_bad_free(NULL, p, "realloc of a pointer into a block, not its start");
 		errno = EINVAL;
 		return NULL;
 	}

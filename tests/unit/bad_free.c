@@ -116,6 +116,41 @@ static void test_free_after_slab_released(void **state)
 	sa_cache_destroy(c);
 }
 
+/* A pointer into a large (units) or huge (own mapping) block, not at its start: sa_free and
+ * sa_realloc report it and leave the block alone (the block stays usable, its bytes intact). */
+static void test_interior_pointer_of_large_and_huge(void **state)
+{
+	(void)state;
+	static const size_t sizes[] = {100000, 1u << 20, 5u << 20};
+	for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		size_t n = sizes[i];
+		unsigned char *p = sa_malloc(n);
+		assert_non_null(p);
+		memset(p, 0x5c, n);
+		struct capture cap;
+		capture_begin(&cap);
+		sa_free(p + 4096);
+		errno = 0;
+		void *r = sa_realloc(p + 64, n * 2);
+		int err = errno;
+		const char *msg = capture_end(&cap);
+		assert_null(r);
+		assert_int_equal(err, EINVAL);
+		assert_int_equal(count_substr(msg, "into a block"), 2);
+		capture_free(&cap);
+		/* still ours and whole: another block of the size does not overlap it */
+		unsigned char *q = sa_malloc(n);
+		assert_non_null(q);
+		assert_true(q + n <= p || q >= p + n);
+		memset(q, 0x11, n);
+		for (size_t k = 0; k < n; k += 4093)
+			assert_int_equal(p[k], 0x5c);
+		assert_true(sa_malloc_usable_size(p) >= n);
+		sa_free(q);
+		sa_free(p);
+	}
+}
+
 /* The fast path takes a double free or an interior pointer into a sheaf; the slab's bitmap
  * catches both when the sheaf is flushed: reported, ignored, never handed out twice. */
 static void test_double_free_found_at_flush(void **state)
@@ -237,6 +272,7 @@ int main(void)
 		cmocka_unit_test(test_bad_frees_ignored),
 		cmocka_unit_test(test_free_after_slab_released),
 		cmocka_unit_test(test_double_free_found_at_flush),
+		cmocka_unit_test(test_interior_pointer_of_large_and_huge),
 		cmocka_unit_test(test_destroy_with_live_objects),
 		cmocka_unit_test(test_destroy_many_caches),
 	};
