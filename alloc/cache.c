@@ -11,6 +11,7 @@
  * never pushed into a sheaf.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sheaf/pcs_inline.h"
@@ -153,8 +154,10 @@ SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *
 {
 	if (!obj)
 		return;
-	sa_msg("sheafalloc: free of %p%s%s%s: %s; ignored\n", obj, c ? " to cache '" : "",
-	       c ? c->name : "", c ? "'" : "", why);
+	sa_msg("sheafalloc: free of %p%s%s%s: %s; %s\n", obj, c ? " to cache '" : "",
+	       c ? c->name : "", c ? "'" : "", why, sa_opt.bad_free_abort ? "aborting" : "ignored");
+	if (sa_opt.bad_free_abort)
+		abort();
 }
 
 void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node)

@@ -294,6 +294,7 @@ struct sa_options {
 	int stats_print; /* 0 no, 1 text, 2 json */
 	unsigned debug;
 	int scope_check_abort;
+	int bad_free_abort; /* bad_free=abort: a bad free is reported, then the process aborts */
 	unsigned purge_ms;
 	int verbose;
 	int topology_hwloc; /* topology=hwloc: load hwloc even on one node */

@@ -69,6 +69,8 @@ static const struct opt_desc table[] = {
 	{"debug", OPT_ENUM, &sa_opt.debug, 0, 1, "0|all", "debugging checks on every cache"},
 	{"scope_check", OPT_ENUM, &sa_opt.scope_check_abort, 0, 1, "warn|abort",
 	 "what a scope restored out of order does"},
+	{"bad_free", OPT_ENUM, &sa_opt.bad_free_abort, 0, 1, "warn|abort",
+	 "what a bad free (double free, foreign or interior pointer) does after its report"},
 	{"purge_ms", OPT_UINT, &sa_opt.purge_ms, 0, 3600000, NULL,
 	 "delay before free pages are returned to the OS"},
 	{"topology", OPT_ENUM, &sa_opt.topology_hwloc, 0, 1, "auto|hwloc",

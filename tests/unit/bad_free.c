@@ -5,6 +5,8 @@
  */
 #include "sa_test.h"
 
+#include <signal.h>
+
 enum { LIVE = 200, MORE = 3000 };
 
 static void test_bad_frees_ignored(void **state)
@@ -151,6 +153,42 @@ static void test_interior_pointer_of_large_and_huge(void **state)
 	}
 }
 
+/* bad_free=abort: the report is printed, then the process aborts (in a child). */
+static void test_bad_free_abort_option(void **state)
+{
+	(void)state;
+	static const int kinds = 3;
+	for (int kind = 0; kind < kinds; kind++) {
+		fflush(NULL);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			int devnull = open("/dev/null", O_WRONLY);
+			dup2(devnull, 2);
+			sa_opt.bad_free_abort = 1;
+			static char not_ours[64];
+			void *p = sa_malloc(kind == 1 ? 200000 : 64);
+			if (kind == 0) {
+				sa_free(not_ours);
+			} else if (kind == 1) {
+				sa_free(p);
+				sa_free(p); /* double free of a large block */
+			} else {
+				sa_free((char *)p +
+					8); /* interior pointer: found at once or at flush */
+				sa_trim();
+			}
+			_exit(0);
+		}
+		int st = 0;
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFSIGNALED(st));
+		assert_int_equal(WTERMSIG(st), SIGABRT);
+	}
+	/* and warn (the default) goes on */
+	assert_int_equal(sa_opt.bad_free_abort, 0);
+}
+
 /* The fast path takes a double free or an interior pointer into a sheaf; the slab's bitmap
  * catches both when the sheaf is flushed: reported, ignored, never handed out twice. */
 static void test_double_free_found_at_flush(void **state)
@@ -273,6 +311,7 @@ int main(void)
 		cmocka_unit_test(test_free_after_slab_released),
 		cmocka_unit_test(test_double_free_found_at_flush),
 		cmocka_unit_test(test_interior_pointer_of_large_and_huge),
+		cmocka_unit_test(test_bad_free_abort_option),
 		cmocka_unit_test(test_destroy_with_live_objects),
 		cmocka_unit_test(test_destroy_many_caches),
 	};
