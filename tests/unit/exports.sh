@@ -5,7 +5,8 @@
 #   2. every global symbol defined by $B/libsheafalloc.a is in the sa_ namespace (static
 #      linking must not clash with the user's names; STYLE.md: internal names are sa_<module>_*)
 #   3. $B/libsheafalloc_malloc.so (where built) exports the sa_* API, exactly the malloc family
-#      of CONTRACT.md and C++'s global operator new / delete, and libsheafalloc.so none of those
+#      of CONTRACT.md, glibc's statistics functions (mallinfo, mallinfo2, malloc_stats,
+#      malloc_info) and C++'s global operator new / delete, and libsheafalloc.so none of those
 # Run from the repository root (tests/run.sh does). Prints cmocka-style summary lines so that
 # tests/run.sh counts its checks like any other test.
 B=${B:-build}
