@@ -27,6 +27,8 @@
  * A stashed run is free in every other respect: its unit records are cleared (a second free of
  * the block is reported as a bad free), it counts as dirty, and a purge or sa_trim first moves
  * every stash back to the segments. When a run does not fit, the oldest runs are moved out.
+ * A large block that grows in place (realloc) first moves this CPU's stashed runs that lie in
+ * its way back to the bitmap.
  * stash->lock is a spinlock held for a few loads and stores, a leaf (nothing is taken under
  * it): a thread only ever tries it (a busy stash sends the caller to pages->lock), except a
  * purge and the fork handlers, which wait for it.
@@ -307,6 +309,37 @@ static void stash_drain_all(void)
 	}
 }
 
+/* Move the runs of this CPU's stash that overlap units [at, at + n) of seg back to the bitmap
+ * (a large block about to grow in place into them); true if any moved. */
+static bool stash_release_range(struct sa_segment *seg, unsigned at, unsigned n)
+{
+	struct sa_stash *st = my_stash();
+	if (__atomic_load_n(&st->n, __ATOMIC_RELAXED) == 0 || !stash_trylock(st))
+		return false;
+	uintptr_t out[SA_STASH_RUNS];
+	unsigned nout = 0;
+	for (unsigned i = 0; i < st->n;) {
+		uintptr_t e = st->run[i];
+		struct sa_slab *h = (struct sa_slab *)(e & ~(uintptr_t)(SA_CACHELINE - 1));
+		unsigned u = (unsigned)(e & (SA_CACHELINE - 1));
+		unsigned hat = (unsigned)(h - seg->slabs);
+		if ((struct sa_segment *)((uintptr_t)h & ~(SA_SEG_SIZE - 1)) != seg ||
+		    hat >= at + n || hat + u <= at) {
+			i++;
+			continue;
+		}
+		out[nout++] = e;
+		st->units -= u;
+		for (unsigned j = i; j + 1 < st->n; j++)
+			st->run[j] = st->run[j + 1];
+		__atomic_store_n(&st->n, st->n - 1, __ATOMIC_RELAXED);
+	}
+	stash_unlock(st);
+	for (unsigned i = 0; i < nout; i++)
+		give_back_entry(out[i]);
+	return nout > 0;
+}
+
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
 				       _Atomic uint64_t *bind_failures)
 {
@@ -398,10 +431,14 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units)
 	struct sa_pages *pg = &pages[seg->node];
 	if (units > old) {
 		uint64_t mask = unit_mask(at + old, units - old);
-		pthread_mutex_lock(&pg->lock);
-		if ((seg->free_units & mask) != mask) {
+		for (int tries = 0;; tries++) {
+			pthread_mutex_lock(&pg->lock);
+			if ((seg->free_units & mask) == mask)
+				break;
 			pthread_mutex_unlock(&pg->lock);
-			return -1;
+			/* the units after the block may sit in this CPU's stash: free them and retry */
+			if (tries > 0 || !stash_release_range(seg, at + old, units - old))
+				return -1;
 		}
 		seg->free_units &= ~mask;
 		seg->nfree -= units - old;
