@@ -366,6 +366,7 @@ void sa_malloc_atfork(int phase)
 	}
 }
 
+#define SA_HUGE_PURGE_MIN (1ul << 20)
 static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 {
 	size_t off = align > SA_PAGE ? align : SA_PAGE;
@@ -379,6 +380,10 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 	struct sa_segment *seg = huge_cache_take(len);
 	bool reused = seg != NULL;
 	if (!seg) {
+		/* new pages are coming: give back the dirty free units first (they cannot hold a
+		 * huge block), so that peak RSS is not the freed small blocks plus the new big one */
+		if (!(flags & SA_NOWAIT) && sa_segment_dirty_bytes() >= SA_HUGE_PURGE_MIN)
+			sa_segment_purge(0);
 		seg = (struct sa_segment *)sa_map_aligned(len, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
 		if (!seg) {
 			errno = ENOMEM;
