@@ -1183,6 +1183,32 @@ static void test_rss_after_trim(void **state)
 /* Huge blocks (> 2 MiB) are kept a while after free for reuse (when the program has enough
  * live huge memory): a second free of one must be reported, never cached twice (two later
  * allocations would then share it); trim drops them. */
+/* Run fn(arg) with fd 2 sent to a temporary file; what it wrote goes to buf (NUL-terminated).
+ * Returns the bytes written. */
+static ssize_t stderr_of(void (*fn)(void *), void *arg, char *buf, size_t cap)
+{
+	char path[] = "/tmp/sa_conformance_XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	fflush(stderr);
+	int saved = dup(2);
+	dup2(fd, 2);
+	fn(arg);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	memset(buf, 0, cap);
+	ssize_t len = pread(fd, buf, cap - 1, 0);
+	close(fd);
+	return len;
+}
+
+static void call_free(void *p)
+{
+	f_free(p);
+}
+
 static void test_huge_double_free_and_reuse(void **state)
 {
 	(void)state;
@@ -1195,20 +1221,9 @@ static void test_huge_double_free_and_reuse(void **state)
 	assert_non_null(p);
 	memset(p, 0x5a, MiB(6));
 	f_free(p);
-	char path[] = "/tmp/sa_conformance_XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	unlink(path);
-	fflush(stderr);
-	int saved = dup(2);
-	dup2(fd, 2);
-	f_free(p); /* double free of a cached huge block */
-	fflush(stderr);
-	dup2(saved, 2);
-	close(saved);
-	char buf[512] = {0};
-	ssize_t len = pread(fd, buf, sizeof(buf) - 1, 0);
-	close(fd);
+	char buf[512];
+	ssize_t len =
+		stderr_of(call_free, p, buf, sizeof(buf)); /* double free of a cached huge block */
 	CHECK(len > 0 && strstr(buf, "sheafalloc"), "second free of a huge block not reported");
 	uint8_t *a = f_malloc(MiB(6)), *b = f_malloc(MiB(6));
 	CHECK(a && b && a != b, "two 6 MiB blocks after a double free: %p %p", (void *)a,
@@ -1289,20 +1304,9 @@ static void test_large_reuse_double_free_threads(void **state)
 		assert_non_null(p);
 		memset(p, 0x33, 100000);
 		f_free(p);
-		char path[] = "/tmp/sa_conformance_XXXXXX";
-		int fd = mkstemp(path);
-		assert_true(fd >= 0);
-		unlink(path);
-		fflush(stderr);
-		int saved = dup(2);
-		dup2(fd, 2);
-		f_free(p); /* double free of a large block that may sit in a per-CPU stash */
-		fflush(stderr);
-		dup2(saved, 2);
-		close(saved);
-		char buf[512] = {0};
-		ssize_t len = pread(fd, buf, sizeof(buf) - 1, 0);
-		close(fd);
+		char buf[512];
+		/* double free of a large block that may sit in a per-CPU stash */
+		ssize_t len = stderr_of(call_free, p, buf, sizeof(buf));
 		CHECK(len > 0 && strstr(buf, "sheafalloc"),
 		      "second free of a large block not reported");
 		uint8_t *a = f_malloc(100000), *b = f_malloc(100000);
@@ -1344,6 +1348,12 @@ static struct mallinfo (*volatile f_mallinfo)(void) = mallinfo;
 static void (*volatile f_malloc_stats)(void) = malloc_stats;
 static int (*volatile f_malloc_info)(int, FILE *) = malloc_info;
 
+static void call_malloc_stats(void *unused)
+{
+	(void)unused;
+	f_malloc_stats();
+}
+
 static void *info_thread(void *arg)
 {
 	(void)arg;
@@ -1366,8 +1376,10 @@ static void test_mallinfo_and_stats(void **state)
 		total += 160 * (size_t)(i + 1);
 	}
 	struct mallinfo2 m1 = f_mallinfo2();
-	CHECK(m1.uordblks >= m0.uordblks + total, "uordblks %zu -> %zu after %zu bytes allocated",
-	      m0.uordblks, m1.uordblks, total);
+	/* glibc counts the blocks in its per-thread cache as in use, so after the other tests its
+	 * uordblks need not grow when they are handed out again (glibc's own test runs alone) */
+	CHECK(!on_sheafalloc || m1.uordblks >= m0.uordblks + total,
+	      "uordblks %zu -> %zu after %zu bytes allocated", m0.uordblks, m1.uordblks, total);
 	CHECK(m1.arena >= m1.uordblks - m1.hblkhd || m1.arena >= m1.uordblks,
 	      "arena %zu below the bytes in use %zu", m1.arena, m1.uordblks);
 	for (int i = 0; i < N; i++)
@@ -1381,7 +1393,8 @@ static void test_mallinfo_and_stats(void **state)
 	assert_non_null(h);
 	h[0] = 1;
 	struct mallinfo2 m3 = f_mallinfo2();
-	CHECK(m3.hblks >= m2.hblks + 1 && m3.hblkhd >= m2.hblkhd + MiB(48),
+	/* glibc may serve it from free heap memory the earlier tests left (its policy) */
+	CHECK(!on_sheafalloc || (m3.hblks >= m2.hblks + 1 && m3.hblkhd >= m2.hblkhd + MiB(48)),
 	      "a 48 MiB block: hblks %zu -> %zu, hblkhd %zu -> %zu", m2.hblks, m3.hblks, m2.hblkhd,
 	      m3.hblkhd);
 	f_free(h);
@@ -1404,20 +1417,8 @@ static void test_mallinfo_and_stats(void **state)
 	      after.uordblks);
 
 	/* malloc_stats: stderr, with the lines tools look for */
-	char path[] = "/tmp/sa_conformance_XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	unlink(path);
-	fflush(stderr);
-	int saved = dup(2);
-	dup2(fd, 2);
-	f_malloc_stats();
-	fflush(stderr);
-	dup2(saved, 2);
-	close(saved);
-	char buf[2048] = {0};
-	ssize_t len = pread(fd, buf, sizeof(buf) - 1, 0);
-	close(fd);
+	char buf[2048];
+	ssize_t len = stderr_of(call_malloc_stats, NULL, buf, sizeof(buf));
 	CHECK(len > 0 && strstr(buf, "in use bytes") && strstr(buf, "max mmap bytes"),
 	      "malloc_stats printed: %s", buf);
 
