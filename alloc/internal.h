@@ -369,7 +369,7 @@ struct sa_malloc_totals {
 void sa_malloc_totals(struct sa_malloc_totals *t);
 size_t sa_segment_used_bytes(void); /* units handed out (slabs and large blocks), in bytes */
 uint64_t sa_now_ns(void);	    /* CLOCK_MONOTONIC_COARSE, ns (purge and huge-cache ages) */
-size_t sa_segment_purge(int force); /* madvise dirty free units; force: all of them now */
+size_t sa_segment_purge(int force); /* madvise dirty units: force, all now; else a few more */
 size_t sa_segment_dirty_bytes(void);
 void sa_segmap_set(const void *seg, int on);
 char *sa_map_aligned(size_t len, size_t align, int prot);

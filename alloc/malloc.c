@@ -383,7 +383,7 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 		/* new pages are coming: give back the dirty free units first (they cannot hold a
 		 * huge block), so that peak RSS is not the freed small blocks plus the new big one */
 		if (!(flags & SA_NOWAIT) && sa_segment_dirty_bytes() >= SA_HUGE_PURGE_MIN)
-			sa_segment_purge(0);
+			sa_segment_purge(1);
 		seg = (struct sa_segment *)sa_map_aligned(len, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
 		if (!seg) {
 			errno = ENOMEM;

@@ -8,7 +8,9 @@
  * A segment is mapped 8 MiB and trimmed to a 4 MiB-aligned 4 MiB, then bound to its node with
  * hwloc (a failure is counted, not fatal: the memory is still usable). Freed units are marked
  * free and dirty; dirty units are purged with madvise(MADV_DONTNEED) once purge_ms has passed
- * since the last purge, when more than SA_DIRTY_MAX bytes are dirty, or on sa_trim. A purge
+ * since the last purge, when more than SA_DIRTY_MAX bytes are dirty (a few madvise calls at each
+ * unit allocation or free until the round is done: sa_segment_purge), or all at once on sa_trim
+ * and before a huge block maps new pages. A purge
  * takes the units out of the free set under the lock, calls madvise without it, and puts them
  * back, so the lock is never held across a system call. Segments stay mapped (their address
  * space is reused).
@@ -340,6 +342,14 @@ static bool stash_release_range(struct sa_segment *seg, unsigned at, unsigned n)
 	return nout > 0;
 }
 
+/* A unit allocation or free: time for (more of) a purge round? (see sa_segment_purge) */
+static void purge_tick(void)
+{
+	if (atomic_load_explicit(&dirty_bytes, memory_order_relaxed) > SA_DIRTY_MAX ||
+	    sa_now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull)
+		sa_segment_purge(0);
+}
+
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
 				       _Atomic uint64_t *bind_failures)
 {
@@ -360,6 +370,8 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 		if (seg->nfree >= units)
 			s = take_locked(seg, units);
 	pthread_mutex_unlock(&pg->lock);
+	if (!(flags & SA_NOWAIT))
+		purge_tick();
 	if (!s && !(flags & SA_NOWAIT)) {
 		struct sa_segment *seg = segment_map(node, bind_failures);
 		if (!seg)
@@ -411,11 +423,8 @@ void sa_segment_free_units(struct sa_slab *head)
 	if (!stash_put(head, units))
 		give_back_units(seg, at, units);
 	atomic_fetch_sub(&units_used, units);
-	uint64_t d = atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE) +
-		     (uint64_t)units * SA_UNIT_SIZE;
-	if (d > SA_DIRTY_MAX ||
-	    sa_now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull)
-		sa_segment_purge(0);
+	atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE);
+	purge_tick();
 }
 
 /* Grow or shrink a unit run in place (large realloc). 0 on success, -1 if the units after it
@@ -474,53 +483,110 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units)
 	return 0;
 }
 
-/* Purge dirty free units: all of them. Returns the bytes purged. */
+/* Purge seg's dirty free units (madvise, without the lock: the units are taken out of the free
+ * set meanwhile). Sets *next to the segment after it; adds the madvise calls to *calls. */
+static size_t purge_segment(struct sa_pages *pg, struct sa_segment *seg, struct sa_segment **next,
+			    unsigned *calls)
+{
+	pthread_mutex_lock(&pg->lock);
+	*next = seg->next; /* segments are only ever prepended: next stays valid */
+	uint64_t take = seg->dirty_units & seg->free_units;
+	seg->free_units &= ~take; /* ours while madvise runs */
+	seg->nfree -= (uint32_t)__builtin_popcountll(take);
+	pthread_mutex_unlock(&pg->lock);
+	if (!take)
+		return 0;
+	uint64_t m = take;
+	while (m) {
+		unsigned at = (unsigned)__builtin_ctzll(m);
+		unsigned len = (unsigned)__builtin_ctzll(~(m >> at)); /* bit 0 is never free */
+		if (at + len > 64)
+			len = 64 - at;
+		madvise((char *)seg + (size_t)at * SA_UNIT_SIZE, (size_t)len * SA_UNIT_SIZE,
+			MADV_DONTNEED);
+		(*calls)++;
+		m &= ~unit_mask(at, len);
+	}
+	pthread_mutex_lock(&pg->lock);
+	seg->dirty_units &= ~take;
+	seg->free_units |= take;
+	seg->nfree += (uint32_t)__builtin_popcountll(take);
+	pthread_mutex_unlock(&pg->lock);
+	size_t b = (size_t)__builtin_popcountll(take) * SA_UNIT_SIZE;
+	atomic_fetch_sub(&dirty_bytes, b);
+	return b;
+}
+
+static struct sa_segment *node_head(int n)
+{
+	pthread_mutex_lock(&pages[n].lock);
+	struct sa_segment *seg = pages[n].segs;
+	pthread_mutex_unlock(&pages[n].lock);
+	return seg;
+}
+
+/*
+ * A purge round that a unit allocation or free sets off (purge_tick: purge_ms passed, or
+ * SA_DIRTY_MAX dirty bytes) makes at most SA_PURGE_CALLS madvise calls, then leaves a cursor and
+ * clears last_purge_ns, so the next unit allocation or free goes on from there: no single call
+ * pays for the whole heap (a whole round made a free wait 1-5 ms in the churn benchmark; one
+ * madvise takes 2-100 us here). Only one
+ * thread runs a round at a time (purge_busy; the others go on without purging); the cursor
+ * state belongs to whoever holds purge_busy. A forced purge (sa_trim, a huge block that needs
+ * new pages) does everything at once, whatever a round is doing.
+ */
+#define SA_PURGE_CALLS 8
+static _Atomic int purge_busy;
+static bool purge_open;				  /* purge_busy */
+static int purge_node;				  /* purge_busy */
+static struct sa_segment *purge_at[SA_MAX_NODES]; /* purge_busy */
+
+/* Purge dirty free units: all of them (force), or the next few of a round. Returns bytes. */
 size_t sa_segment_purge(int force)
 {
-	(void)force;
 	pthread_once(&pages_once, pages_init);
-	atomic_store(&last_purge_ns, sa_now_ns());
-	stash_drain_all();
 	size_t total = 0;
-	for (int n = 0; n < SA_MAX_NODES; n++) {
-		struct sa_pages *pg = &pages[n];
-		pthread_mutex_lock(&pg->lock);
-		struct sa_segment *seg = pg->segs, *next;
-		pthread_mutex_unlock(&pg->lock);
-		for (; seg; seg = next) {
-			pthread_mutex_lock(&pg->lock);
-			next = seg->next; /* segments are only ever prepended: next stays valid */
-			uint64_t take = seg->dirty_units & seg->free_units;
-			seg->free_units &= ~take; /* ours while madvise runs */
-			seg->nfree -= (uint32_t)__builtin_popcountll(take);
-			pthread_mutex_unlock(&pg->lock);
-			if (!take)
-				continue;
-			uint64_t m = take;
-			while (m) {
-				unsigned at = (unsigned)__builtin_ctzll(m);
-				unsigned len = (unsigned)__builtin_ctzll(~(m >> at));
-				if (at + len > 64)
-					len = 64 - at;
-				madvise((char *)seg + (size_t)at * SA_UNIT_SIZE,
-					(size_t)len * SA_UNIT_SIZE, MADV_DONTNEED);
-				m &= ~unit_mask(at, len);
-			}
-			pthread_mutex_lock(&pg->lock);
-			seg->dirty_units &= ~take;
-			seg->free_units |= take;
-			seg->nfree += (uint32_t)__builtin_popcountll(take);
-			pthread_mutex_unlock(&pg->lock);
-			size_t b = (size_t)__builtin_popcountll(take) * SA_UNIT_SIZE;
-			atomic_fetch_sub(&dirty_bytes, b);
-			total += b;
-		}
+	unsigned calls = 0;
+	if (force) {
+		atomic_store(&last_purge_ns, sa_now_ns());
+		stash_drain_all();
+		for (int n = 0; n < SA_MAX_NODES; n++)
+			for (struct sa_segment *seg = node_head(n); seg;)
+				total += purge_segment(&pages[n], seg, &seg, &calls);
+		return total;
 	}
+	if (atomic_exchange(&purge_busy, 1))
+		return 0;
+	atomic_store(&last_purge_ns, sa_now_ns());
+	if (!purge_open) {
+		stash_drain_all();
+		for (int n = 0; n < SA_MAX_NODES; n++)
+			purge_at[n] = node_head(n);
+		purge_node = 0;
+		purge_open = true;
+	}
+	while (purge_node < SA_MAX_NODES) {
+		struct sa_segment *seg = purge_at[purge_node];
+		while (seg && calls < SA_PURGE_CALLS)
+			total += purge_segment(&pages[purge_node], seg, &seg, &calls);
+		purge_at[purge_node] = seg;
+		if (seg)
+			break;
+		purge_node++;
+	}
+	if (purge_node == SA_MAX_NODES)
+		purge_open = false;
+	else
+		atomic_store(&last_purge_ns, 0); /* unfinished: the next unit free goes on */
+	atomic_store(&purge_busy, 0);
 	return total;
 }
 
 void sa_segment_atfork(int phase)
 {
+	if (phase == 0) /* a round in progress finishes its few calls first */
+		while (atomic_exchange(&purge_busy, 1))
+			__builtin_ia32_pause();
 	for (int i = 0; i < SA_MAX_NODES; i++) {
 		if (phase == 0)
 			pthread_mutex_lock(&pages[i].lock);
@@ -533,4 +599,6 @@ void sa_segment_atfork(int phase)
 		else
 			stash_unlock(&stashes[c]);
 	}
+	if (phase != 0)
+		atomic_store(&purge_busy, 0);
 }

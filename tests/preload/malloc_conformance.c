@@ -1471,6 +1471,43 @@ static void test_huge_alloc_purges_dirty_units(void **state)
 	f_free(h);
 }
 
+/* RSS falls after a peak without malloc_trim: once purge_ms (1000 ms by default) has passed,
+ * unit allocations and frees purge the dirty free units a few madvise calls at a time. */
+static void test_rss_falls_after_delay(void **state)
+{
+	(void)state;
+	if (!on_sheafalloc)
+		skip();
+	enum { N = 40000 };
+	static void *p[N];
+	f_trim(0);
+	for (int i = 0; i < N; i++) {
+		p[i] = f_malloc(1000);
+		assert_non_null(p[i]);
+		memset(p[i], 3, 1000);
+	}
+	for (int i = 0; i < N; i++)
+		f_free(p[i]);
+	size_t k1 = f_mallinfo2().keepcost, r1 = rss_bytes();
+	if (k1 < MiB(8)) { /* purge_ms passed during the frees (valgrind): no case */
+		print_message("    only %zu dirty bytes after the frees: purged by time, skipped\n",
+			      k1);
+		skip();
+	}
+	usleep(1100 * 1000);
+	for (int i = 0; i < 300; i++) { /* light activity: large blocks, so unit frees */
+		char *q = f_malloc(100000);
+		assert_non_null(q);
+		q[0] = 1;
+		f_free(q);
+	}
+	size_t k2 = f_mallinfo2().keepcost, r2 = rss_bytes();
+	CHECK(k2 < k1 / 4, "dirty bytes %zu MiB after the frees, %zu MiB 1.1 s later", k1 >> 20,
+	      k2 >> 20);
+	CHECK(r2 + (k1 - k2) / 2 <= r1, "RSS %zu MiB after the frees, %zu MiB 1.1 s later",
+	      r1 >> 20, r2 >> 20);
+}
+
 /* glibc: malloc_trim returns 1 when it released memory to the system. Blocks are freed in
  * small batches (so the automatic purge past 64 MiB of dirty units does not run first). */
 static void test_malloc_trim_reports_release(void **state)
@@ -2170,6 +2207,7 @@ int main(void)
 		T(test_large_reuse_double_free_threads),
 		T(test_mallinfo_and_stats),
 		T(test_huge_alloc_purges_dirty_units),
+		T(test_rss_falls_after_delay),
 		T(test_threads_random_and_handoff),
 		T(test_fork_while_threads_allocate),
 		T(test_fork_in_fallback_mode),
