@@ -280,7 +280,7 @@ static bool stash_put(struct sa_slab *head, unsigned units)
 		st->units -= (unsigned)(e & (SA_CACHELINE - 1));
 		for (unsigned j = 0; j + 1 < st->n; j++)
 			st->run[j] = st->run[j + 1];
-		st->n--;
+		__atomic_store_n(&st->n, st->n - 1, __ATOMIC_RELAXED); /* read unlocked elsewhere */
 	}
 	st->run[st->n] = (uintptr_t)head | units;
 	st->units += units;
