@@ -25,7 +25,10 @@
  * Per-CPU run stash: a freed run of at most SA_STASH_RUN_MAX units goes first to a short list
  * of the freeing CPU (struct sa_stash: at most SA_STASH_RUNS runs and SA_STASH_UNITS units),
  * and an allocation of the same unit count and node takes it back from there, so a program
- * that frees and allocates large blocks (32 KiB .. 1 MiB) does not take pages->lock each time.
+ * that frees and allocates large blocks (32 KiB .. 256 KiB) does not take pages->lock each
+ * time. Bigger runs go straight back to the bitmap: with runs up to 1 MiB stashed, a realloc
+ * chain growing a block to 1 MiB ran 3x slower after other work (make bench: 148 ns a realloc
+ * against 47), its block's next units held in stashes instead of free after it.
  * A stashed run is free in every other respect: its unit records are cleared (a second free of
  * the block is reported as a bad free), it counts as dirty, and a purge or sa_trim first moves
  * every stash back to the segments. When a run does not fit, the oldest runs are moved out.
@@ -61,8 +64,8 @@ static _Atomic uint64_t last_purge_ns;
 
 #define SA_STASH_CPUS	 256 /* stash i serves the CPUs i, i + 256, ... */
 #define SA_STASH_RUNS	 6
-#define SA_STASH_UNITS	 32 /* 2 MiB a CPU */
-#define SA_STASH_RUN_MAX 16
+#define SA_STASH_UNITS	 16 /* 1 MiB a CPU */
+#define SA_STASH_RUN_MAX 4
 struct sa_stash {
 	uint32_t lock;
 	uint32_t n;	/* lock: entries in run[], oldest first */
