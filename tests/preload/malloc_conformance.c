@@ -1439,6 +1439,30 @@ static void test_mallinfo_and_stats(void **state)
 	fclose(mf);
 }
 
+/* From a clean start (malloc_trim), n 1000-byte blocks written and freed: their emptied slabs
+ * become dirty free units. Returns the dirty bytes (mallinfo2's keepcost); skips the test when
+ * fewer than want are dirty (purge_ms passed during the frees: valgrind). */
+static size_t dirty_after_frees(int n, size_t want)
+{
+	static void *p[40000];
+	assert_true(n <= (int)(sizeof(p) / sizeof(p[0])));
+	f_trim(0); /* no dirty units, no cached huge mappings; the purge clock starts now */
+	for (int i = 0; i < n; i++) {
+		p[i] = f_malloc(1000);
+		assert_non_null(p[i]);
+		memset(p[i], 7, 1000);
+	}
+	for (int i = 0; i < n; i++)
+		f_free(p[i]);
+	size_t k = f_mallinfo2().keepcost;
+	if (k < want) {
+		print_message("    only %zu dirty bytes after the frees: purged by time, skipped\n",
+			      k);
+		skip();
+	}
+	return k;
+}
+
 /* A huge block that needs new pages first gives back the dirty free units (freed small blocks'
  * pages that no huge block can use): peak RSS is not the freed small blocks plus the new one. */
 static void test_huge_alloc_purges_dirty_units(void **state)
@@ -1446,28 +1470,13 @@ static void test_huge_alloc_purges_dirty_units(void **state)
 	(void)state;
 	if (!on_sheafalloc)
 		skip();
-	enum { N = 30000 };
-	static void *p[N];
-	f_trim(0); /* no dirty units, no cached huge mappings; the purge clock starts now */
-	for (int i = 0; i < N; i++) {
-		p[i] = f_malloc(1000);
-		assert_non_null(p[i]);
-		memset(p[i], 7, 1000);
-	}
-	for (int i = 0; i < N; i++)
-		f_free(p[i]);
-	struct mallinfo2 m1 = f_mallinfo2();
-	if (m1.keepcost < MiB(4)) { /* purge_ms passed during the frees (valgrind): no case */
-		print_message("    only %zu dirty bytes after the frees: purged by time, skipped\n",
-			      m1.keepcost);
-		skip();
-	}
+	size_t k1 = dirty_after_frees(30000, MiB(4));
 	uint8_t *h = f_malloc(MiB(16));
 	assert_non_null(h);
 	h[MiB(16) - 1] = 1;
 	struct mallinfo2 m2 = f_mallinfo2();
 	CHECK(m2.keepcost < MiB(1), "a new 16 MiB block kept %zu MiB of dirty units (before: %zu)",
-	      m2.keepcost >> 20, m1.keepcost >> 20);
+	      m2.keepcost >> 20, k1 >> 20);
 	f_free(h);
 }
 
@@ -1478,22 +1487,7 @@ static void test_rss_falls_after_delay(void **state)
 	(void)state;
 	if (!on_sheafalloc)
 		skip();
-	enum { N = 40000 };
-	static void *p[N];
-	f_trim(0);
-	for (int i = 0; i < N; i++) {
-		p[i] = f_malloc(1000);
-		assert_non_null(p[i]);
-		memset(p[i], 3, 1000);
-	}
-	for (int i = 0; i < N; i++)
-		f_free(p[i]);
-	size_t k1 = f_mallinfo2().keepcost, r1 = rss_bytes();
-	if (k1 < MiB(8)) { /* purge_ms passed during the frees (valgrind): no case */
-		print_message("    only %zu dirty bytes after the frees: purged by time, skipped\n",
-			      k1);
-		skip();
-	}
+	size_t k1 = dirty_after_frees(40000, MiB(8)), r1 = rss_bytes();
 	usleep(1100 * 1000);
 	for (int i = 0; i < 300; i++) { /* light activity: large blocks, so unit frees */
 		char *q = f_malloc(100000);
