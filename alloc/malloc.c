@@ -138,6 +138,14 @@ static bool large_is_start(const struct sa_slab *s, const void *p)
 	return h && (const char *)p == sa_slab_base(h) + h->hint;
 }
 
+/* Is p the start of the huge block in whose mapping it lies? */
+static bool huge_is_start(const void *p)
+{
+	const struct sa_segment *seg =
+		(const struct sa_segment *)((uintptr_t)p & ~(SA_SEG_SIZE - 1));
+	return (const char *)p == (const char *)seg + seg->huge_off;
+}
+
 static size_t large_usable(struct sa_slab *s, const void *p)
 {
 	struct sa_slab *h = s->head;
@@ -438,8 +446,7 @@ SA_NOINLINE void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, in
 		return;
 	}
 	if (c == sa_huge_cache) {
-		const struct sa_segment *seg = seg_of(p);
-		if (SA_UNLIKELY((const char *)p != (const char *)seg + seg->huge_off))
+		if (SA_UNLIKELY(!huge_is_start(p)))
 			sa_cache_bad_free(NULL, p, "a pointer into a block, not its start");
 		else
 			huge_free(p);
@@ -581,9 +588,8 @@ SA_API void *sa_realloc(void *p, size_t size)
 		errno = EINVAL;
 		return NULL;
 	}
-	if (SA_UNLIKELY(
-		    (c == sa_large_cache && !large_is_start(s, p)) ||
-		    (c == sa_huge_cache && (char *)p != (char *)seg_of(p) + seg_of(p)->huge_off))) {
+	if (SA_UNLIKELY((c == sa_large_cache && !large_is_start(s, p)) ||
+			(c == sa_huge_cache && !huge_is_start(p)))) {
 		sa_cache_bad_free(NULL, p, "realloc of a pointer into a block, not its start");
 		errno = EINVAL;
 		return NULL;
@@ -708,6 +714,9 @@ void sa_malloc_totals(struct sa_malloc_totals *t)
 	sa_ensure_init();
 	memset(t, 0, sizeof(*t));
 	size_t in_slabs = 0; /* bytes of every cache's slabs */
+	_Static_assert(SA_MALLOC_CLASSES == SA_NR_CLASSES, "one entry a class");
+	for (unsigned i = 0; i < SA_NR_CLASSES; i++)
+		t->cls[i].size = class_size[i];
 	pthread_mutex_lock(&sa_caches_lock);
 	for (struct sa_cache *c = sa_caches; c; c = c->next) {
 		struct sa_cache_stats st;
@@ -716,17 +725,14 @@ void sa_malloc_totals(struct sa_malloc_totals *t)
 		t->in_use += st.objects_in_use * st.object_size;
 		t->cached += st.objects_cached * st.object_size;
 		in_slabs += st.bytes_held;
-	}
-	pthread_mutex_unlock(&sa_caches_lock);
-	_Static_assert(SA_MALLOC_CLASSES == SA_NR_CLASSES, "one entry a class");
-	for (unsigned i = 0; i < SA_NR_CLASSES; i++) {
-		struct sa_cache_stats st;
-		t->cls[i].size = class_size[i];
-		if (sa_class_cache[i] && sa_cache_stats(sa_class_cache[i], &st) == 0) {
-			t->cls[i].in_use = st.objects_in_use;
-			t->cls[i].cached = st.objects_cached;
+		for (unsigned i = 0; i < SA_NR_CLASSES; i++) {
+			if (sa_class_cache[i] == c) {
+				t->cls[i].in_use = st.objects_in_use;
+				t->cls[i].cached = st.objects_cached;
+			}
 		}
 	}
+	pthread_mutex_unlock(&sa_caches_lock);
 	size_t used = sa_segment_used_bytes(); /* slabs and large blocks */
 	if (used > in_slabs)
 		t->in_use += used - in_slabs;
