@@ -209,13 +209,6 @@ static void give_back_units(struct sa_segment *seg, unsigned at, unsigned units)
 	pthread_mutex_unlock(&pg->lock);
 }
 
-static void give_back_entry(uintptr_t e)
-{
-	struct sa_slab *head = (struct sa_slab *)(e & ~(uintptr_t)(SA_CACHELINE - 1));
-	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
-	give_back_units(seg, (unsigned)(head - seg->slabs), (unsigned)(e & (SA_CACHELINE - 1)));
-}
-
 static struct sa_stash *my_stash(void)
 {
 	return &stashes[(unsigned)sa_pcs_current_cpu() & (SA_STASH_CPUS - 1)];
@@ -238,6 +231,35 @@ static void stash_unlock(struct sa_stash *st)
 	__atomic_store_n(&st->lock, 0, __ATOMIC_RELEASE);
 }
 
+static unsigned entry_units(uintptr_t e)
+{
+	return (unsigned)(e & (SA_CACHELINE - 1));
+}
+
+static struct sa_slab *entry_head(uintptr_t e)
+{
+	return (struct sa_slab *)(e & ~(uintptr_t)(SA_CACHELINE - 1));
+}
+
+/* Take entry i out of st (locked), keeping the order of the others; returns it. */
+static uintptr_t stash_remove_locked(struct sa_stash *st, unsigned i)
+{
+	uintptr_t e = st->run[i];
+	for (unsigned j = i; j + 1 < st->n; j++)
+		st->run[j] = st->run[j + 1];
+	st->units -= entry_units(e);
+	__atomic_store_n(&st->n, st->n - 1, __ATOMIC_RELAXED); /* read unlocked elsewhere */
+	return e;
+}
+
+/* Free a stashed run into its segment's bitmap. */
+static void give_back_entry(uintptr_t e)
+{
+	struct sa_slab *head = entry_head(e);
+	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
+	give_back_units(seg, (unsigned)(head - seg->slabs), entry_units(e));
+}
+
 /* The newest stashed run of this CPU with exactly units units on node, or NULL. */
 static struct sa_slab *stash_take(int node, unsigned units)
 {
@@ -249,15 +271,10 @@ static struct sa_slab *stash_take(int node, unsigned units)
 	struct sa_slab *s = NULL;
 	for (unsigned i = st->n; i-- > 0;) {
 		uintptr_t e = st->run[i];
-		struct sa_slab *h = (struct sa_slab *)(e & ~(uintptr_t)(SA_CACHELINE - 1));
-		if ((e & (SA_CACHELINE - 1)) != units || h->node != node)
-			continue;
-		s = h;
-		for (unsigned j = i; j + 1 < st->n; j++)
-			st->run[j] = st->run[j + 1];
-		st->units -= units;
-		__atomic_store_n(&st->n, st->n - 1, __ATOMIC_RELAXED);
-		break;
+		if (entry_units(e) == units && entry_head(e)->node == node) {
+			s = entry_head(stash_remove_locked(st, i));
+			break;
+		}
 	}
 	stash_unlock(st);
 	if (s) {
@@ -277,14 +294,8 @@ static bool stash_put(struct sa_slab *head, unsigned units)
 		return false;
 	uintptr_t out[SA_STASH_RUNS];
 	unsigned nout = 0;
-	while (st->n == SA_STASH_RUNS || st->units + units > SA_STASH_UNITS) {
-		uintptr_t e = st->run[0]; /* the oldest makes room */
-		out[nout++] = e;
-		st->units -= (unsigned)(e & (SA_CACHELINE - 1));
-		for (unsigned j = 0; j + 1 < st->n; j++)
-			st->run[j] = st->run[j + 1];
-		__atomic_store_n(&st->n, st->n - 1, __ATOMIC_RELAXED); /* read unlocked elsewhere */
-	}
+	while (st->n == SA_STASH_RUNS || st->units + units > SA_STASH_UNITS)
+		out[nout++] = stash_remove_locked(st, 0); /* the oldest makes room */
 	st->run[st->n] = (uintptr_t)head | units;
 	st->units += units;
 	__atomic_store_n(&st->n, st->n + 1, __ATOMIC_RELAXED);
@@ -324,20 +335,13 @@ static bool stash_release_range(struct sa_segment *seg, unsigned at, unsigned n)
 	uintptr_t out[SA_STASH_RUNS];
 	unsigned nout = 0;
 	for (unsigned i = 0; i < st->n;) {
-		uintptr_t e = st->run[i];
-		struct sa_slab *h = (struct sa_slab *)(e & ~(uintptr_t)(SA_CACHELINE - 1));
-		unsigned u = (unsigned)(e & (SA_CACHELINE - 1));
+		struct sa_slab *h = entry_head(st->run[i]);
 		unsigned hat = (unsigned)(h - seg->slabs);
-		if ((struct sa_segment *)((uintptr_t)h & ~(SA_SEG_SIZE - 1)) != seg ||
-		    hat >= at + n || hat + u <= at) {
+		if ((struct sa_segment *)((uintptr_t)h & ~(SA_SEG_SIZE - 1)) == seg &&
+		    hat < at + n && hat + entry_units(st->run[i]) > at)
+			out[nout++] = stash_remove_locked(st, i);
+		else
 			i++;
-			continue;
-		}
-		out[nout++] = e;
-		st->units -= u;
-		for (unsigned j = i; j + 1 < st->n; j++)
-			st->run[j] = st->run[j + 1];
-		__atomic_store_n(&st->n, st->n - 1, __ATOMIC_RELAXED);
 	}
 	stash_unlock(st);
 	for (unsigned i = 0; i < nout; i++)
