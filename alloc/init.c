@@ -63,21 +63,46 @@ static int possible_cpus(void)
 }
 
 /*
- * fork: every lock in rank order (alloc/internal.h), so that the child finds them free.
+ * fork (docs/design.md §6 "fork protocol"): the prepare handler takes glibc's stdio list lock
+ * first, then every allocator lock in rank order (alloc/internal.h), so that the child finds
+ * them free; the parent handler releases them all; the child handler releases ours and resets
+ * the list lock (the child is single-threaded: nobody else can hold it).
+ *
+ * Why the stdio list lock first: glibc's fork takes that lock (_IO_list_lock) itself, but only
+ * after the atfork prepare handlers. Taking allocator locks before it makes a cycle with stdio:
+ * a thread in getline holds its FILE lock and waits for an allocator lock in realloc, a thread
+ * in fflush(NULL) holds the list lock and waits for that FILE lock, and the forking thread holds
+ * the allocator lock and waits for the list lock (glibc's tst-malloc-fork-deadlock). glibc's own
+ * malloc takes its arena locks after the list lock for this reason; we take the list lock before
+ * ours. No allocator lock is ever held across stdio (messages go out with write(2), sa_msg), so
+ * a thread holding one never waits for a stdio lock, and the forking thread, once it holds the
+ * list lock, only waits for allocator locks whose holders finish. The lock is recursive
+ * (glibc's _IO_lock_t), so glibc taking it again inside fork is fine. Found by weak reference:
+ * a C library without it leaves the order as before.
+ *
  * Not in a process that never created a thread (glibc's __libc_single_threaded, as glibc's own
  * malloc does): no other thread can hold a lock, and a fork from a signal handler that
  * interrupted this thread's allocation would otherwise wait for a lock its own thread holds.
  * A fork from a signal handler that interrupted our prepare or release (fork_depth > 0) skips
  * them too, for the same reason.
  */
+extern void _IO_list_lock(void) __attribute__((weak));
+extern void _IO_list_unlock(void) __attribute__((weak));
+extern void _IO_list_resetlock(void) __attribute__((weak));
+
 static __thread int fork_depth __attribute__((tls_model("initial-exec")));
 static __thread bool fork_locked __attribute__((tls_model("initial-exec")));
+static __thread bool fork_stdio_locked __attribute__((tls_model("initial-exec")));
 
 static void atfork_prepare(void)
 {
 	if (__atomic_fetch_add(&fork_depth, 1, __ATOMIC_RELAXED) > 0 || __libc_single_threaded)
 		return;
 	fork_locked = true;
+	fork_stdio_locked = _IO_list_lock && _IO_list_unlock && _IO_list_resetlock;
+	if (fork_stdio_locked)
+		_IO_list_lock();
+	sa_reclaim_atfork(0);
 	pthread_mutex_lock(&sa_caches_lock);
 	for (struct sa_cache *c = sa_caches; c; c = c->next)
 		pthread_mutex_lock(&c->drain_lock);
@@ -94,10 +119,12 @@ static void atfork_prepare(void)
 	sa_meta_atfork(0);
 }
 
-static void atfork_release(void)
+/* Release every allocator lock; true if prepare took them (and the stdio list lock's state is
+ * left to the caller). */
+static bool release_locks(void)
 {
 	if (__atomic_sub_fetch(&fork_depth, 1, __ATOMIC_RELAXED) > 0 || !fork_locked)
-		return;
+		return false;
 	fork_locked = false;
 	sa_meta_atfork(1);
 	sa_segment_atfork(1);
@@ -113,6 +140,22 @@ static void atfork_release(void)
 	for (struct sa_cache *c = sa_caches; c; c = c->next)
 		pthread_mutex_unlock(&c->drain_lock);
 	pthread_mutex_unlock(&sa_caches_lock);
+	sa_reclaim_atfork(1);
+	return true;
+}
+
+static void atfork_parent(void)
+{
+	if (release_locks() && fork_stdio_locked)
+		_IO_list_unlock(); /* glibc released its own (recursive) hold already */
+}
+
+static void atfork_child(void)
+{
+	/* glibc resets the list lock in a multi-threaded child before the child handlers run;
+	 * resetting again covers the case where it did not take it: we are the only thread */
+	if (release_locks() && fork_stdio_locked)
+		_IO_list_resetlock();
 }
 
 void sa_init_slow(void)
@@ -143,7 +186,7 @@ void sa_init_slow(void)
 		}
 		if (sa_opt.stats_print)
 			atexit(sa_stats_at_exit);
-		pthread_atfork(atfork_prepare, atfork_release, atfork_release);
+		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 		initializing = 0;
 		__atomic_store_n(&sa_ready, true, __ATOMIC_RELEASE);
 	}

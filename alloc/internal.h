@@ -11,6 +11,7 @@
  *   barn     per cache and node: bounded lists of full and empty sheaves (struct sa_barn).
  *
  * Lock order (never take a lower-numbered lock while holding a higher one):
+ *   0. reclaim_lock        one reclaim (alloc/reclaim.c) at a time; taken with no other lock held
  *   1. sa_caches_lock      the list of caches (create, destroy, stats walk, atfork)
  *   1b. c->drain_lock      remote work on one cache's slots (shrink, destroy)
  *   2. slot (fallback mode) per-CPU slot spinlock; in rseq mode a slot is not a lock
@@ -353,7 +354,7 @@ void sa_malloc_atfork(int phase); /* aligned_lock, huge_cache_lock: leaf locks *
 /* What mallinfo, mallinfo2, malloc_stats and malloc_info report (alloc/malloc.c fills it). */
 #define SA_MALLOC_CLASSES 40
 struct sa_malloc_totals {
-	size_t mapped;	 /* segment address space mapped (never unmapped: also its maximum) */
+	size_t mapped;	 /* segment address space mapped now (free segments unmapped by trim) */
 	size_t resident; /* segment bytes that may be resident: headers, runs in use, dirty */
 	size_t in_use;	 /* bytes of objects in use in every cache, and of large blocks */
 	size_t cached;	 /* bytes of free objects in sheaves and barns */
@@ -377,6 +378,14 @@ uint64_t sa_segment_bind_failures(void);
 size_t sa_segment_mapped_bytes(void);
 size_t sa_segment_resident_bytes(void);
 void sa_segment_atfork(int phase);
+size_t sa_segment_unmap_free(void); /* unmap wholly free segments; bytes */
+
+/* reclaim (alloc/reclaim.c) */
+/* A mapping failed: give back what can be (not under SA_NOWAIT / SA_NORECLAIM / inside
+ * reclaim); true if the caller should retry once. The caller holds no allocator lock. */
+bool sa_reclaim_map_failed(sa_flags_t flags);
+void sa_reclaim_atfork(int phase);
+void sa_malloc_huge_cache_drop(void);
 
 /* slabs (alloc/slab.c); every function takes and drops cnode->lock itself */
 unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags);

@@ -167,7 +167,7 @@ static pthread_mutex_t aligned_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct aligned_huge *aligned_list; /* aligned_lock */
 static _Atomic unsigned aligned_count;
 
-static void *aligned_huge_alloc(size_t size, size_t align)
+static void *aligned_huge_alloc(size_t size, size_t align, sa_flags_t flags)
 {
 	if (size > (size_t)PTRDIFF_MAX - align) {
 		errno = ENOMEM;
@@ -178,6 +178,8 @@ static void *aligned_huge_alloc(size_t size, size_t align)
 	if (!h)
 		return NULL;
 	char *a = sa_map_aligned(len, align, PROT_READ | PROT_WRITE);
+	if (!a && sa_reclaim_map_failed(flags))
+		a = sa_map_aligned(len, align, PROT_READ | PROT_WRITE);
 	if (!a) {
 		sa_meta_free(h, sizeof(*h));
 		errno = ENOMEM;
@@ -285,8 +287,8 @@ static void huge_unmap_list(struct huge_cached *l, unsigned n)
 		huge_unmap(l[i].seg, l[i].len);
 }
 
-/* Unmap every cached huge mapping (sa_trim). */
-static void huge_cache_drop(void)
+/* Unmap every cached huge mapping (sa_trim, reclaim). */
+void sa_malloc_huge_cache_drop(void)
 {
 	struct huge_cached out[HUGE_CACHE_SLOTS];
 	pthread_mutex_lock(&huge_cache_lock);
@@ -379,7 +381,7 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 {
 	size_t off = align > SA_PAGE ? align : SA_PAGE;
 	if (off >= SA_SEG_SIZE)
-		return aligned_huge_alloc(size, align);
+		return aligned_huge_alloc(size, align, flags);
 	if (size > (size_t)PTRDIFF_MAX - off - 2 * SA_SEG_SIZE) {
 		errno = ENOMEM;
 		return NULL;
@@ -393,6 +395,9 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 		if (!(flags & SA_NOWAIT) && sa_segment_dirty_bytes() >= SA_HUGE_PURGE_MIN)
 			sa_segment_purge(1);
 		seg = (struct sa_segment *)sa_map_aligned(len, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
+		if (!seg && sa_reclaim_map_failed(flags)) /* out of address space: once more */
+			seg = (struct sa_segment *)sa_map_aligned(len, SA_SEG_SIZE,
+								  PROT_READ | PROT_WRITE);
 		if (!seg) {
 			errno = ENOMEM;
 			return NULL;
@@ -556,6 +561,8 @@ static void *huge_realloc(void *p, size_t size)
 	}
 	/* move the pages (no copy) into a reserved 4 MiB-aligned place */
 	char *a = sa_map_aligned(nlen, SA_SEG_SIZE, PROT_NONE);
+	if (!a && sa_reclaim_map_failed(0))
+		a = sa_map_aligned(nlen, SA_SEG_SIZE, PROT_NONE);
 	if (!a)
 		return NULL;
 	sa_segmap_set(seg, 0);
@@ -695,18 +702,6 @@ void *sa_pvalloc(size_t size)
 		return NULL;
 	}
 	return aligned(SA_PAGE, r ? r : SA_PAGE);
-}
-
-/* Return every free page the allocator can: flush every cache, purge every dirty unit. */
-SA_API void sa_trim(void)
-{
-	sa_ensure_init();
-	pthread_mutex_lock(&sa_caches_lock);
-	for (struct sa_cache *c = sa_caches; c; c = c->next)
-		sa_cache_shrink(c);
-	pthread_mutex_unlock(&sa_caches_lock);
-	sa_segment_purge(1);
-	huge_cache_drop();
 }
 
 void sa_malloc_totals(struct sa_malloc_totals *t)

@@ -49,13 +49,25 @@ static unsigned meta_class(size_t size)
 	return s;
 }
 
+/* For callers that may hold allocator locks: never reclaims. */
 void *sa_meta_alloc(size_t size)
 {
-	return sa_meta_alloc_flags(size, 0);
+	return sa_meta_alloc_flags(size, SA_NORECLAIM);
 }
 
-/* SA_NOWAIT: only try the lock and never map a new chunk. */
+static void *meta_alloc(size_t size, sa_flags_t flags);
+
+/* SA_NOWAIT: only try the lock and never map a new chunk. A failed mapping reclaims (unless
+ * SA_NOWAIT or SA_NORECLAIM: the caller must hold no allocator lock) and tries once more. */
 void *sa_meta_alloc_flags(size_t size, sa_flags_t flags)
+{
+	void *p = meta_alloc(size, flags);
+	if (!p && sa_reclaim_map_failed(flags))
+		p = meta_alloc(size, flags);
+	return p;
+}
+
+static void *meta_alloc(size_t size, sa_flags_t flags)
 {
 	bool nowait = flags & SA_NOWAIT;
 	if (nowait && size > (1ul << META_MAX_SHIFT))
@@ -112,7 +124,7 @@ void *sa_meta_alloc_flags(size_t size, sa_flags_t flags)
 		if ((size_t)(chunk_end - chunk_cur) < sz) {
 			pthread_mutex_unlock(&sa_meta_lock);
 			/* the rest of the chunk is too small: new chunk */
-			return nowait ? NULL : sa_meta_alloc_flags(size, flags);
+			return nowait ? NULL : meta_alloc(size, flags);
 		}
 		p = chunk_cur;
 		chunk_cur += sz;

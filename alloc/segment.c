@@ -2,8 +2,8 @@
  * alloc/segment.c — segments and units: memory from the OS, bound to a node (docs/design.md §2).
  *
  * Owns: sa_segmap (one bit per 4 MiB of the 47-bit address space: set = one of our segments;
- * set once before the segment is used, never cleared, read without a lock), and per node the
- * list of segments with their free-unit bitmaps.
+ * set before the segment is used, cleared before it is unmapped, read without a lock), and per
+ * node the list of segments with their free-unit bitmaps.
  * pages->lock (rank 5) protects a node's segment list and every free_units/nfree in it.
  * A segment is mapped 8 MiB and trimmed to a 4 MiB-aligned 4 MiB, then bound to its node with
  * hwloc (a failure is counted, not fatal: the memory is still usable). Freed units are marked
@@ -12,8 +12,16 @@
  * unit allocation or free until the round is done: sa_segment_purge), or all at once on sa_trim
  * and before a huge block maps new pages. A purge
  * takes the units out of the free set under the lock, calls madvise without it, and puts them
- * back, so the lock is never held across a system call. Segments stay mapped (their address
- * space is reused).
+ * back, so the lock is never held across a system call. Segments stay mapped while the program
+ * runs normally (their address space is reused); a segment whose units are all free is unmapped
+ * only by sa_segment_unmap_free (sa_trim / malloc_trim, and alloc/reclaim.c after a mapping
+ * failed: out of address space). That is safe because nothing reads a wholly free segment
+ * without a lock: no rseq section touches segment memory (sections read slots and sheaves, which
+ * live in never-unmapped metadata, docs/design.md §6), a stashed run or a run being purged is
+ * not free in the bitmap (so its segment is not wholly free), and every walk of a node's list
+ * outside pages->lock (purge rounds, forced purges) holds purge_busy, which the unmapping holds
+ * too. Its segment-map bit is cleared before the munmap, so a stale pointer freed later is
+ * reported as "not ours" instead of read.
  * pages->lock is glibc's adaptive mutex: it spins briefly before it sleeps. Every large block
  * (32 KiB .. 2 MiB) takes it on malloc and on free, and its sections are a few hundred
  * nanoseconds, so a plain mutex made a waiter pay a futex sleep and wake-up (tens of
@@ -40,6 +48,7 @@
  */
 #define _GNU_SOURCE /* PTHREAD_MUTEX_ADAPTIVE_NP */
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -364,6 +373,8 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 	if (units == 0 || units >= SA_UNITS_PER_SEG || node < 0 || node >= SA_MAX_NODES)
 		return NULL;
 	struct sa_pages *pg = &pages[node];
+	bool reclaimed = false;
+again:;
 	struct sa_slab *s = stash_take(node, units);
 	if (s)
 		goto found;
@@ -381,8 +392,15 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 		purge_tick();
 	if (!s && !(flags & SA_NOWAIT)) {
 		struct sa_segment *seg = segment_map(node, bind_failures);
-		if (!seg)
+		if (!seg) {
+			/* out of address space (RLIMIT_AS) or memory: give back what the caches,
+			 * stashes and free segments hold, then look again, once */
+			if (!reclaimed && sa_reclaim_map_failed(flags)) {
+				reclaimed = true;
+				goto again;
+			}
 			return NULL;
+		}
 		pthread_mutex_lock(&pg->lock);
 		s = take_locked(seg, units);
 		seg->next = pg->segs;
@@ -496,7 +514,7 @@ static size_t purge_segment(struct sa_pages *pg, struct sa_segment *seg, struct 
 			    unsigned *calls)
 {
 	pthread_mutex_lock(&pg->lock);
-	*next = seg->next; /* segments are only ever prepended: next stays valid */
+	*next = seg->next; /* unlinked only under purge_busy, held by every walk: stays valid */
 	uint64_t take = seg->dirty_units & seg->free_units;
 	seg->free_units &= ~take; /* ours while madvise runs */
 	seg->nfree -= (uint32_t)__builtin_popcountll(take);
@@ -548,6 +566,17 @@ static bool purge_open;				  /* purge_busy */
 static int purge_node;				  /* purge_busy */
 static struct sa_segment *purge_at[SA_MAX_NODES]; /* purge_busy */
 
+/* Wait for purge_busy (a round's few madvise calls, a forced purge, an unmapping). */
+static void purge_lock(void)
+{
+	for (unsigned n = 0; atomic_exchange(&purge_busy, 1); n++) {
+		if (n < 100)
+			__builtin_ia32_pause();
+		else
+			sched_yield();
+	}
+}
+
 /* Purge dirty free units: all of them (force), or the next few of a round. Returns bytes. */
 size_t sa_segment_purge(int force)
 {
@@ -555,11 +584,13 @@ size_t sa_segment_purge(int force)
 	size_t total = 0;
 	unsigned calls = 0;
 	if (force) {
+		purge_lock(); /* walks the lists: no segment may be unmapped meanwhile */
 		atomic_store(&last_purge_ns, sa_now_ns());
 		stash_drain_all();
 		for (int n = 0; n < SA_MAX_NODES; n++)
 			for (struct sa_segment *seg = node_head(n); seg;)
 				total += purge_segment(&pages[n], seg, &seg, &calls);
+		atomic_store(&purge_busy, 0);
 		return total;
 	}
 	if (atomic_exchange(&purge_busy, 1))
@@ -587,6 +618,51 @@ size_t sa_segment_purge(int force)
 		atomic_store(&last_purge_ns, 0); /* unfinished: the next unit free goes on */
 	atomic_store(&purge_busy, 0);
 	return total;
+}
+
+/*
+ * Unmap every segment whose units are all free (sa_trim, and alloc/reclaim.c when a mapping
+ * failed): its address space goes back to the process, which matters under RLIMIT_AS. The
+ * stashes are emptied first (a stashed run keeps its segment). Returns the bytes unmapped.
+ * Under purge_busy, so no purge walks a list meanwhile and a round's cursor, which may point at
+ * an unmapped segment, is dropped (the next round starts afresh).
+ */
+size_t sa_segment_unmap_free(void)
+{
+	pthread_once(&pages_once, pages_init);
+	struct sa_segment *out = NULL;
+	size_t n = 0;
+	purge_lock();
+	stash_drain_all();
+	for (int i = 0; i < SA_MAX_NODES; i++) {
+		struct sa_pages *pg = &pages[i];
+		pthread_mutex_lock(&pg->lock);
+		for (struct sa_segment **sp = &pg->segs; *sp;) {
+			struct sa_segment *seg = *sp;
+			if (seg->nfree != SA_UNITS_PER_SEG - 1) {
+				sp = &seg->next;
+				continue;
+			}
+			*sp = seg->next;
+			atomic_fetch_sub(&dirty_bytes,
+					 (uint64_t)__builtin_popcountll(seg->dirty_units) *
+						 SA_UNIT_SIZE);
+			sa_segmap_set(seg, 0); /* before the munmap: a stale free says "not ours" */
+			seg->next = out;
+			out = seg;
+			n++;
+		}
+		pthread_mutex_unlock(&pg->lock);
+	}
+	purge_open = false;
+	atomic_store(&purge_busy, 0);
+	while (out) {
+		struct sa_segment *next = out->next;
+		munmap(out, SA_SEG_SIZE);
+		out = next;
+	}
+	atomic_fetch_sub(&mapped_bytes, n * SA_SEG_SIZE);
+	return n * SA_SEG_SIZE;
 }
 
 void sa_segment_atfork(int phase)
