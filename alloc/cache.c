@@ -7,13 +7,23 @@
  * The cache list is protected by sa_caches_lock (rank 1).
  *
  * Free validates the pointer before it touches anything: it must lie in one of our segments
- * (sa_segmap), in a unit that belongs to this cache. Anything else is reported and ignored:
- * never pushed into a sheaf.
+ * (sa_segmap), in a unit that belongs to this cache (or to its SA_PIN companion). Anything else
+ * is reported and ignored: never pushed into a sheaf.
+ *
+ * Scopes: sa_cache_alloc reads the thread's scope flags (one thread-local load) next to the
+ * call's; with neither SA_ZERO nor SA_PIN nor any scope it pops from this CPU's sheaf at once,
+ * otherwise sa_cache_alloc_special counts the scoped allocation, picks the pinned companion
+ * for SA_PIN, zeroes for SA_ZERO, and the slow paths get the effective flags.
+ * SA_PIN: a cache's pinned objects come from a companion cache (same geometry and constructor,
+ * name "<name> (pinned)") whose slabs are mlock'ed (alloc/slab.c), created at the first pinned
+ * allocation; sa_cache_free and sa_free accept its objects for the parent.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc/scope.h"
 #include "sheaf/pcs_inline.h"
 
 static unsigned auto_capacity(size_t stride)
@@ -55,11 +65,24 @@ static int is_pow2(size_t x)
 	return x && !(x & (x - 1));
 }
 
+static struct sa_cache *cache_create(const char *name, size_t size,
+				     const struct sa_cache_args *args, unsigned internal);
+
 SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 					const struct sa_cache_args *args)
 {
+	return cache_create(name, size, args, 0);
+}
+
+static struct sa_cache *cache_create(const char *name, size_t size,
+				     const struct sa_cache_args *args, unsigned internal)
+{
 	static const struct sa_cache_args defaults;
 	sa_ensure_init();
+	if (!sa_may_block(sa_flags_effective(0))) {
+		errno = EWOULDBLOCK; /* metadata and the cache list: locks, maybe a mapping */
+		return NULL;
+	}
 	if (!args)
 		args = &defaults;
 	if (!name)
@@ -136,7 +159,7 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 	c->align = (uint32_t)align;
 	c->capacity = capacity;
 	c->stride_recip = ((1ull << SA_RECIP_SHIFT) + stride - 1) / stride;
-	c->flags = args->flags;
+	c->flags = args->flags | internal;
 	c->ctor = args->ctor;
 	c->slab_units = (uint32_t)units;
 	c->slab_objs = (uint32_t)(units * SA_UNIT_SIZE / stride);
@@ -160,39 +183,120 @@ SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *
 		abort();
 }
 
+/* The last resort of an allocation: one object straight from the slabs of node. SA_NOFAIL
+ * waits here (reclaiming) until it gets one. */
 void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node)
 {
 	void *obj = sa_slab_alloc_one(c, node, flags);
+	for (unsigned round = 0; !obj && sa_must_not_fail(flags);) {
+		sa_nofail_wait(flags, c->name, c->size, &round);
+		obj = sa_slab_alloc_one(c, node, flags);
+	}
 	if (SA_LIKELY(obj != NULL)) {
 		sa_stat_add(c, SA_STAT_ALLOC_SLOW, 1);
 		return obj;
 	}
 	sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
-	if (!(flags & (SA_NOWARN | SA_NOWAIT)))
+	if (!sa_may_block(flags))
+		sa_gstat_add(SA_G_NOWAIT_FAILS, 1);
+	if (sa_warn(flags) && sa_may_block(flags))
 		sa_msg("sheafalloc: cache '%s': out of memory\n", c->name);
 	errno = ENOMEM;
 	return NULL;
 }
 
-SA_API void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
+/* serializes the making of pinned companions; taken before sa_caches_lock (rank 0b) */
+static pthread_mutex_t pinned_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void sa_cache_pinned_atfork(int phase)
 {
+	if (phase == 0)
+		pthread_mutex_lock(&pinned_lock);
+	else
+		pthread_mutex_unlock(&pinned_lock);
+}
+
+/* c's SA_PIN companion, made at the first use (not in a context that may not wait: NULL). */
+static struct sa_cache *pinned_of(struct sa_cache *c, sa_flags_t flags)
+{
+	if (c->flags & SA_CACHE_PINNED_)
+		return c;
+	struct sa_cache *p = atomic_load_explicit(&c->pinned, memory_order_acquire);
+	if (p || !sa_may_block(flags))
+		return p;
+	pthread_mutex_lock(&pinned_lock);
+	p = atomic_load_explicit(&c->pinned, memory_order_relaxed);
+	if (!p) {
+		char name[80];
+		snprintf(name, sizeof(name), "%s (pinned)", c->name);
+		struct sa_cache_args a = {.align = c->align,
+					  .sheaf_capacity = c->capacity,
+					  .ctor = c->ctor,
+					  .flags = c->flags};
+		p = cache_create(name, c->size, &a, SA_CACHE_PINNED_);
+		if (p) {
+			p->parent = c;
+			p->barn_max_full = c->barn_max_full;
+			p->barn_max_empty = c->barn_max_empty;
+			atomic_store_explicit(&c->pinned, p, memory_order_release);
+		}
+	}
+	pthread_mutex_unlock(&pinned_lock);
+	return p;
+}
+
+/* Off the plain fast path: a scope is open, or the call asks for SA_ZERO or SA_PIN. */
+SA_NOINLINE void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags)
+{
+	sa_flags_t sf = sa_scope_flags();
+	if (sf)
+		sa_scope_count_alloc(sf);
+	flags = sa_flags_effective(flags);
+	if (flags & SA_PIN) {
+		struct sa_cache *p = pinned_of(c, flags);
+		if (!p) {
+			sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
+			if (sa_warn(flags) && sa_may_block(flags))
+				sa_msg("sheafalloc: cache '%s': no pinned companion cache\n",
+				       c->name);
+			errno = ENOMEM;
+			return NULL;
+		}
+		c = p;
+	}
 	int why = 0;
 	void *obj = sa_pcs_pop_fast(c, &why);
-	if (SA_LIKELY(obj != NULL)) {
-		if (SA_UNLIKELY(flags & SA_ZERO))
-			memset(obj, 0, c->size);
+	if (!obj)
+		return sa_pcs_alloc_slow(c, flags, why); /* zeroes too */
+	if (flags & SA_ZERO)
+		memset(obj, 0, c->size);
+	return obj;
+}
+
+SA_API void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
+{
+	/* the scope layer's one thread-local load; SA_ZERO and SA_PIN leave the fast path too */
+	if (SA_UNLIKELY(sa_scope_flags() | (flags & (SA_ZERO | SA_PIN))))
+		return sa_cache_alloc_special(c, flags);
+	int why = 0;
+	void *obj = sa_pcs_pop_fast(c, &why);
+	if (SA_LIKELY(obj != NULL))
 		return obj;
-	}
 	return sa_pcs_alloc_slow(c, flags, why);
 }
 
 SA_API void sa_cache_free(struct sa_cache *c, void *obj)
 {
 	struct sa_slab *s = sa_slab_of(obj);
-	if (SA_UNLIKELY(!s || s->cache != c)) {
-		sa_cache_bad_free(c, obj,
-				  s ? "not an object of this cache" : "not a sheafalloc object");
-		return;
+	struct sa_cache *oc = s ? s->cache : NULL;
+	if (SA_UNLIKELY(oc != c)) {
+		if (!oc || !c || oc->parent != c) {
+			sa_cache_bad_free(c, obj,
+					  s ? "not an object of this cache"
+					    : "not a sheafalloc object");
+			return;
+		}
+		c = oc; /* an object of c's pinned companion */
 	}
 	int why = sa_pcs_push_fast(c, obj, s->node);
 	if (SA_UNLIKELY(why))
@@ -242,8 +346,9 @@ void sa_cache_topology_changed(struct sa_cache *c)
 
 SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 {
-	if (node < 0)
-		return sa_cache_alloc(c, flags);
+	if (node < 0 || (sa_flags_effective(flags) & SA_PIN))
+		return sa_cache_alloc(c, flags); /* pinned objects: from this CPU's node */
+	flags = sa_flags_effective(flags);
 	if (node == sa_pcs_current_node(c) && node < sa_nr_nodes) {
 		void *obj = sa_cache_alloc(c, flags);
 		struct sa_slab *s = obj ? sa_slab_of(obj) : NULL;
@@ -306,14 +411,44 @@ SA_API int sa_cache_shrink(struct sa_cache *c)
 {
 	if (!c)
 		return -EINVAL;
+	if (!sa_may_block(sa_flags_effective(0)))
+		return -EWOULDBLOCK; /* drains wait for locks and fence every CPU */
 	cache_flush_all(c, 0);
+	struct sa_cache *p = atomic_load_explicit(&c->pinned, memory_order_acquire);
+	if (p)
+		cache_flush_all(p, 0);
 	return 0;
+}
+
+/* Reclaim's light pass: the barns' sheaves and the empty slabs, no per-CPU fence. */
+void sa_cache_trim_barns(struct sa_cache *c)
+{
+	sa_sheaf_deferred_run(c);
+	for (int i = 0; i < sa_nr_nodes; i++) {
+		struct sa_sheaf *s = sa_barn_take_all(&c->nodes[i]->barn);
+		while (s) {
+			struct sa_sheaf *next = s->next;
+			sa_sheaf_flush(c, s);
+			sa_sheaf_free(c, s);
+			s = next;
+		}
+		sa_slab_shrink(c, i, 0);
+	}
 }
 
 SA_API void sa_cache_destroy(struct sa_cache *c)
 {
 	if (!c)
 		return;
+	if (!sa_may_block(sa_flags_effective(0))) {
+		sa_msg("sheafalloc: sa_cache_destroy('%s') inside a SA_NOWAIT scope: it waits for "
+		       "locks and fences every CPU; not destroyed\n",
+		       c->name);
+		return;
+	}
+	struct sa_cache *pinned = atomic_load_explicit(&c->pinned, memory_order_acquire);
+	if (pinned)
+		sa_cache_destroy(pinned);
 	pthread_mutex_lock(&sa_caches_lock);
 	for (struct sa_cache **p = &sa_caches; *p; p = &(*p)->next) {
 		if (*p == c) {

@@ -103,6 +103,7 @@ static void atfork_prepare(void)
 	if (fork_stdio_locked)
 		_IO_list_lock();
 	sa_reclaim_atfork(0);
+	sa_cache_pinned_atfork(0);
 	pthread_mutex_lock(&sa_caches_lock);
 	for (struct sa_cache *c = sa_caches; c; c = c->next)
 		pthread_mutex_lock(&c->drain_lock);
@@ -140,6 +141,7 @@ static bool release_locks(void)
 	for (struct sa_cache *c = sa_caches; c; c = c->next)
 		pthread_mutex_unlock(&c->drain_lock);
 	pthread_mutex_unlock(&sa_caches_lock);
+	sa_cache_pinned_atfork(1);
 	sa_reclaim_atfork(1);
 	return true;
 }
@@ -184,6 +186,8 @@ void sa_init_slow(void)
 			       sa_percpu_mode(), sa_nr_cpus, sa_nr_nodes);
 			sa_options_print(2);
 		}
+		if (sa_opt.limit)
+			sa_set_limit(sa_opt.limit); /* maps the emergency reserve too */
 		if (sa_opt.stats_print)
 			atexit(sa_stats_at_exit);
 		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);

@@ -11,7 +11,9 @@
  *   barn     per cache and node: bounded lists of full and empty sheaves (struct sa_barn).
  *
  * Lock order (never take a lower-numbered lock while holding a higher one):
- *   0. reclaim_lock        one reclaim (alloc/reclaim.c) at a time; taken with no other lock held
+ *   0. reclaim_lock        one pass over our own free memory (alloc/reclaim.c); taken with no
+ *                          other lock held; then shrinker_lock (the registry; a leaf there)
+ *   0b. pinned_lock        making SA_PIN companion caches (alloc/cache.c)
  *   1. sa_caches_lock      the list of caches (create, destroy, stats walk, atfork)
  *   1b. c->drain_lock      remote work on one cache's slots (shrink, destroy)
  *   2. slot (fallback mode) per-CPU slot spinlock; in rseq mode a slot is not a lock
@@ -89,6 +91,35 @@ enum sa_stat_item {
 	SA_STAT_REMOTE_FENCE,	     /* remote slot rounds (one membarrier each in rseq mode) */
 	SA_NR_STATS
 };
+
+/* Process-wide counters of the scope and reclaim layers (struct sa_scope_stats, docs/api.md). */
+enum sa_gstat_item {
+	SA_G_SCOPE_SAVES,	 /* saves that opened a scope */
+	SA_G_SCOPE_REFUSED,	 /* saves refused: a non-scopable flag */
+	SA_G_SCOPE_OUT_OF_ORDER, /* restores out of LIFO order */
+	SA_G_SCOPE_MISUSE,	 /* every scope report (out of order, twice, foreign cookie) */
+	SA_G_SCOPE_SWAPS,	 /* sa_scope_swap calls */
+	SA_G_LIMIT_HITS,	 /* charges the memory limit refused */
+	SA_G_RECLAIM_ROUNDS,	 /* reclaim rounds */
+	SA_G_RECLAIM_BYTES,	 /* bytes reclaim rounds gave back */
+	SA_G_SHRINK_FS,		 /* shrinker scan calls, class FS */
+	SA_G_SHRINK_IO,		 /* class IO (not FS) */
+	SA_G_SHRINK_OTHER,	 /* neither */
+	SA_G_SHRINK_SKIPPED,	 /* shrinkers left out: class forbidden by the flags */
+	SA_G_SHRINK_FREED,	 /* objects shrinkers reported freed */
+	SA_G_RESERVE_ALLOCS,	 /* allocations served by the emergency reserve */
+	SA_G_NOFAIL_RETRIES,	 /* SA_NOFAIL rounds that found nothing and went again */
+	SA_G_NOWAIT_FAILS,	 /* SA_NOWAIT allocations that returned NULL */
+	SA_G_DEFERRED,		 /* frees deferred by a NOWAIT context */
+	SA_G_PINNED,		 /* slabs and blocks mlock'ed */
+	SA_G_PIN_FAILS,		 /* mlock refused */
+	SA_NR_GSTATS
+};
+extern _Atomic uint64_t sa_gstat[SA_NR_GSTATS];
+static inline void sa_gstat_add(enum sa_gstat_item i, uint64_t n)
+{
+	atomic_fetch_add_explicit(&sa_gstat[i], n, memory_order_relaxed);
+}
 
 /* ---------------------------------------------------------------- sheaves (sheaf/) ----------- */
 /*
@@ -193,16 +224,19 @@ struct sa_slab {
 	struct sa_slab *head;	/* first unit of this slab */
 	uint64_t *bits;		/* cnode->lock: bit i set = object i free (meta memory) */
 	uint32_t hint;		/* cnode->lock: no set bit in the words before this one */
-	uint32_t pad;
-	struct sa_slab *next; /* cnode->lock: partial list */
-	struct sa_slab *prev; /* cnode->lock */
-	uint32_t inuse;	      /* cnode->lock: objects out of the slab (bit clear) */
-	uint32_t nobjs;	      /* objects this slab holds */
-	int32_t node;	      /* node of the segment */
-	uint16_t nunits;      /* units in this slab */
-	uint16_t on_partial;  /* cnode->lock */
+	uint32_t flags;		/* head unit, set before publication: SA_SLAB_* */
+	struct sa_slab *next;	/* cnode->lock: partial list */
+	struct sa_slab *prev;	/* cnode->lock */
+	uint32_t inuse;		/* cnode->lock: objects out of the slab (bit clear) */
+	uint32_t nobjs;		/* objects this slab holds */
+	int32_t node;		/* node of the segment */
+	uint16_t nunits;	/* units in this slab */
+	uint16_t on_partial;	/* cnode->lock */
 };
 _Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
+
+#define SA_SLAB_PINNED	 1u	    /* its units are mlock'ed (munlock when they go back) */
+#define SA_CACHE_PINNED_ (1u << 16) /* internal: an SA_PIN companion cache (alloc/cache.c) */
 
 #define SA_SEG_MAGIC  0x5368656166536567ull
 #define SA_HUGE_MAGIC 0x5368656166487567ull
@@ -215,7 +249,8 @@ struct sa_segment {
 	uint64_t dirty_units;	 /* pages->lock: free units whose pages may still be resident */
 	size_t huge_len;	 /* huge: bytes mapped from the segment start */
 	size_t huge_off;	 /* huge: offset of the user block */
-	uint64_t pad;
+	uint32_t reserve;	 /* the emergency reserve's segment (never on a node's list) */
+	uint32_t pinned;	 /* huge: the mapping is mlock'ed */
 	struct sa_slab slabs[SA_UNITS_PER_SEG]; /* slabs[0] unused (header unit) */
 };
 _Static_assert(offsetof(struct sa_segment, slabs) == 64, "sa_slab_of relies on it");
@@ -223,13 +258,16 @@ _Static_assert(offsetof(struct sa_segment, slabs) == 64, "sa_slab_of relies on i
 /* ---------------------------------------------------------------- caches (alloc/cache.c) ---- */
 struct sa_cache_node {
 	pthread_mutex_t lock;
-	struct sa_slab *partial;      /* lock: slabs with a free object */
-	struct sa_slab *partial_tail; /* lock */
-	uint32_t nr_partial;	      /* lock */
-	uint32_t nr_empty;	      /* lock: partial slabs with inuse == 0 */
-	uint64_t nr_slabs;	      /* lock */
-	uint64_t units;		      /* lock: units held by this cache on this node */
-	uint64_t objs_out;	      /* lock: objects out of slabs (in use or in sheaves) */
+	struct sa_slab *partial;	 /* lock: slabs with a free object */
+	struct sa_slab *partial_tail;	 /* lock */
+	uint32_t nr_partial;		 /* lock */
+	uint32_t nr_empty;		 /* lock: partial slabs with inuse == 0 */
+	uint64_t nr_slabs;		 /* lock */
+	uint64_t units;			 /* lock: units held by this cache on this node */
+	uint64_t objs_out;		 /* lock: objects out of slabs (in use or in sheaves) */
+	struct sa_slab *_Atomic pending; /* new slabs a NOWAIT path could not publish (lock
+					  * busy): pushed lock-free, published by the next
+					  * holder of lock (alloc/slab.c) */
 	struct sa_barn barn;
 } __attribute__((aligned(SA_CACHELINE)));
 
@@ -254,6 +292,8 @@ struct sa_cache {
 	pthread_mutex_t drain_lock; /* serializes remote work on the slots (shrink, destroy) */
 	struct sa_sheaf
 		*_Atomic deferred; /* sheaves a SA_NOWAIT path could not place (atomic push) */
+	struct sa_cache *_Atomic pinned; /* SA_PIN companion (same objects, mlock'ed slabs) */
+	struct sa_cache *parent;	 /* of a companion: the cache it pins for */
 	struct sa_cache_node *nodes[SA_MAX_NODES];
 	char name[64];
 	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
@@ -292,6 +332,7 @@ struct sa_options {
 	unsigned barn_max_empty;
 	int percpu_fallback; /* percpu=fallback */
 	size_t limit;
+	size_t reserve;	 /* emergency reserve, bytes (alloc/segment.c) */
 	int stats_print; /* 0 no, 1 text, 2 json */
 	unsigned debug;
 	int scope_check_abort;
@@ -347,8 +388,10 @@ static inline char *sa_slab_base(const struct sa_slab *s)
 }
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
 				       _Atomic uint64_t *bind_failures);
-void sa_segment_free_units(struct sa_slab *head);
-int sa_segment_resize_units(struct sa_slab *head, unsigned units);
+void sa_segment_free_units(struct sa_slab *head);	/* a published run (cache set) */
+void sa_segment_unuse_units(struct sa_slab *head);	/* a run never published */
+void sa_segment_release_deferred(struct sa_slab *head); /* SA_DEFER_RUN */
+int sa_segment_resize_units(struct sa_slab *head, unsigned units, sa_flags_t flags);
 void sa_malloc_atfork(int phase); /* aligned_lock, huge_cache_lock: leaf locks */
 
 /* What mallinfo, mallinfo2, malloc_stats and malloc_info report (alloc/malloc.c fills it). */
@@ -380,20 +423,62 @@ size_t sa_segment_resident_bytes(void);
 void sa_segment_atfork(int phase);
 size_t sa_segment_unmap_free(void); /* unmap wholly free segments; bytes */
 
-/* reclaim (alloc/reclaim.c) */
+/* reclaim and the memory limit (alloc/reclaim.c) */
 /* A mapping failed: give back what can be (not under SA_NOWAIT / SA_NORECLAIM / inside
  * reclaim); true if the caller should retry once. The caller holds no allocator lock. */
 bool sa_reclaim_map_failed(sa_flags_t flags);
+/* The limit refused `bytes`: reclaim as the flags allow (our free memory, then the shrinkers
+ * they permit); true if something was given back and the caller should retry once. */
+bool sa_reclaim_for_limit(size_t bytes, sa_flags_t flags);
+/* held: bytes the allocator holds from the OS (sa_memory_held). charge checks the limit. */
+bool sa_held_charge(size_t bytes);
+void sa_held_add(size_t bytes); /* no check: metadata, the reserve */
+void sa_held_sub(size_t bytes);
+/* SA_NOFAIL found no memory: wait for some (reclaim, pause, a message now and then), or abort
+ * with a report when the flags forbid waiting. round counts the calls for one allocation. */
+void sa_nofail_wait(sa_flags_t flags, const char *what, size_t size, unsigned *round);
 void sa_reclaim_atfork(int phase);
 void sa_malloc_huge_cache_drop(void);
+const char *sa_flags_name(sa_flags_t f, char *buf, size_t len);
+unsigned sa_scope_save_internal(sa_flags_t flags);
+void sa_scope_restore_internal(unsigned cookie);
+uint64_t sa_scope_allocs_under(unsigned bit);
+
+/* the emergency reserve (alloc/segment.c): pre-mapped, pre-faulted units kept back for
+ * allocations that may use it (policy.h); taken and returned without a lock or system call */
+void sa_reserve_prepare(void); /* map it now (not under SA_NOWAIT); idempotent */
+struct sa_slab *sa_reserve_take_units(unsigned units);
+bool sa_segment_is_reserve(const struct sa_segment *seg);
+void *sa_reserve_bitmap(struct sa_slab *head); /* bitmap room of a reserve slab */
+void sa_reserve_counts(size_t *bytes, size_t *free_bytes);
+
+/* frees deferred by contexts that may not wait (alloc/defer.c): lock-free, drained by the next
+ * slow path that may wait, by the end of a NOWAIT scope and by sa_trim */
+enum sa_defer_kind {
+	SA_DEFER_FREE = 0, /* sa_free(p): an object or a block */
+	SA_DEFER_SLAB = 1, /* release the slab whose head record is p */
+	SA_DEFER_RUN = 2,  /* give the unit run whose head record is p back */
+};
+void sa_defer(void *p, enum sa_defer_kind kind);
+void sa_deferred_run(void);
+size_t sa_deferred_count(void);
+static inline bool sa_deferred_pending_racy(void)
+{
+	extern _Atomic size_t sa_deferred_n __attribute__((visibility("hidden")));
+	return atomic_load_explicit(&sa_deferred_n, memory_order_relaxed) != 0;
+}
 
 /* slabs (alloc/slab.c); every function takes and drops cnode->lock itself */
 unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags);
 void *sa_slab_alloc_one(struct sa_cache *c, int node, sa_flags_t flags);
 /* returns the objects taken back; the others were bad frees (reported) */
 unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n);
+/* the same if the node lock is free now; UINT32_MAX (nothing done) when it is busy */
+unsigned sa_slab_free_batch_try(struct sa_cache *c, int node, void **objs, unsigned n);
 void sa_slab_free_one(struct sa_cache *c, void *obj);
 void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
+void sa_slab_release_deferred(struct sa_slab *head); /* SA_DEFER_SLAB */
+bool sa_pin_range(void *p, size_t len);		 /* mlock for SA_PIN; reports the first failure */
 uint64_t sa_slab_inuse_racy(struct sa_cache *c); /* objects out of slabs (in use + cached) */
 
 /* barns (barn/barn.c) */
@@ -446,6 +531,9 @@ int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s);
 /* cache internals (alloc/cache.c) */
 SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *why);
 void sa_cache_topology_changed(struct sa_cache *c);
+void sa_cache_trim_barns(struct sa_cache *c); /* reclaim: barns and empty slabs, no fence */
+void sa_cache_pinned_atfork(int phase);
+void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags);
 void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why);
 
 /* malloc front end (alloc/malloc.c) */

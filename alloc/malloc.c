@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "alloc/scope.h"
 #include "sheaf/pcs_inline.h"
 
 #define SA_SMALL_MAX  32768ul
@@ -115,11 +116,19 @@ static void *large_alloc(size_t size, size_t align, sa_flags_t flags)
 		off = 1; /* computed below */
 	}
 	struct sa_cache *c = sa_large_cache;
+	if ((flags & SA_PIN) && !sa_may_syscall(flags))
+		return NULL; /* mlock is a system call */
 	struct sa_slab *s = sa_segment_alloc_units(sa_pcs_current_node(sa_class_cache[0]),
 						   (unsigned)units, flags, NULL);
 	if (!s)
 		return NULL;
 	char *base = sa_slab_base(s);
+	if ((flags & SA_PIN) && !sa_pin_range(base, (size_t)s->nunits * SA_UNIT_SIZE)) {
+		sa_segment_unuse_units(s);
+		return NULL;
+	}
+	if (flags & SA_PIN)
+		s->flags |= SA_SLAB_PINNED;
 	if (off)
 		off = (size_t)((((uintptr_t)base + align - 1) & ~(uintptr_t)(align - 1)) -
 			       (uintptr_t)base);
@@ -152,6 +161,12 @@ static size_t large_usable(struct sa_slab *s, const void *p)
 	return (size_t)h->nunits * SA_UNIT_SIZE - (size_t)((const char *)p - sa_slab_base(h));
 }
 
+/* Charge a new huge mapping against the limit, reclaiming once if it does not fit. */
+static bool charge_huge(size_t len, sa_flags_t flags)
+{
+	return sa_held_charge(len) || (sa_reclaim_for_limit(len, flags) && sa_held_charge(len));
+}
+
 /*
  * Blocks aligned to 4 MiB or more cannot carry their header in their own segment (the block
  * starts where the header would be): they are kept in a short list instead, searched only for
@@ -174,14 +189,24 @@ static void *aligned_huge_alloc(size_t size, size_t align, sa_flags_t flags)
 		return NULL;
 	}
 	size_t len = (size + SA_PAGE - 1) & ~(SA_PAGE - 1);
-	struct aligned_huge *h = sa_meta_alloc(sizeof(*h));
-	if (!h)
+	if (!charge_huge(len, flags)) {
+		errno = ENOMEM;
 		return NULL;
-	char *a = sa_map_aligned(len, align, PROT_READ | PROT_WRITE);
-	if (!a && sa_reclaim_map_failed(flags))
+	}
+	struct aligned_huge *h = sa_meta_alloc(sizeof(*h));
+	char *a = h ? sa_map_aligned(len, align, PROT_READ | PROT_WRITE) : NULL;
+	if (h && !a && sa_reclaim_map_failed(flags))
 		a = sa_map_aligned(len, align, PROT_READ | PROT_WRITE);
 	if (!a) {
 		sa_meta_free(h, sizeof(*h));
+		sa_held_sub(len);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if ((flags & SA_PIN) && !sa_pin_range(a, len)) {
+		munmap(a, len);
+		sa_meta_free(h, sizeof(*h));
+		sa_held_sub(len);
 		errno = ENOMEM;
 		return NULL;
 	}
@@ -219,6 +244,7 @@ static size_t aligned_huge_find(const void *p, int unlink)
 	if (found && unlink) {
 		huge_account(found->len, 1, false);
 		munmap(found->base, found->len);
+		sa_held_sub(found->len);
 		sa_meta_free(found, sizeof(*found));
 	}
 	return len;
@@ -266,6 +292,7 @@ static void huge_unmap(struct sa_segment *seg, size_t len)
 {
 	sa_segmap_set(seg, 0);
 	munmap(seg, len);
+	sa_held_sub(len);
 }
 
 /* Take expired entries (all of them with force) out of the cache into out[]; locked. */
@@ -324,8 +351,10 @@ static struct sa_segment *huge_cache_take(size_t len)
 	}
 	pthread_mutex_unlock(&huge_cache_lock);
 	huge_unmap_list(out, n);
-	if (hit.seg && hit.len > len)
+	if (hit.seg && hit.len > len) {
 		munmap((char *)hit.seg + len, hit.len - len);
+		sa_held_sub(hit.len - len);
+	}
 	return hit.seg;
 }
 
@@ -392,17 +421,33 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 	if (!seg) {
 		/* new pages are coming: give back the dirty free units first (they cannot hold a
 		 * huge block), so that peak RSS is not the freed small blocks plus the new big one */
-		if (!(flags & SA_NOWAIT) && sa_segment_dirty_bytes() >= SA_HUGE_PURGE_MIN)
+		if (sa_segment_dirty_bytes() >= SA_HUGE_PURGE_MIN)
 			sa_segment_purge(1);
+		if (!charge_huge(len, flags)) {
+			errno = ENOMEM;
+			return NULL;
+		}
 		seg = (struct sa_segment *)sa_map_aligned(len, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
 		if (!seg && sa_reclaim_map_failed(flags)) /* out of address space: once more */
 			seg = (struct sa_segment *)sa_map_aligned(len, SA_SEG_SIZE,
 								  PROT_READ | PROT_WRITE);
 		if (!seg) {
+			sa_held_sub(len);
 			errno = ENOMEM;
 			return NULL;
 		}
 	}
+	if ((flags & SA_PIN) && !sa_pin_range(seg, len)) {
+		if (reused) { /* keeps its segment-map bit while cached */
+			huge_unmap(seg, len);
+		} else {
+			munmap(seg, len);
+			sa_held_sub(len);
+		}
+		errno = ENOMEM;
+		return NULL;
+	}
+	seg->pinned = (flags & SA_PIN) != 0;
 	char *a = (char *)seg;
 	seg->magic = SA_HUGE_MAGIC;
 	if (!reused)
@@ -433,6 +478,10 @@ static void huge_free(void *p)
 	struct sa_segment *seg = seg_of(p);
 	size_t len = seg->huge_len;
 	huge_account(len, 1, false);
+	if (seg->pinned) { /* a cached mapping is not locked */
+		munlock(seg, len);
+		seg->pinned = 0;
+	}
 	struct sa_slab *rec =
 		&seg->slabs[(seg->huge_off >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
 	__atomic_store_n(&rec->cache, NULL, __ATOMIC_RELEASE); /* not a block any more */
@@ -444,15 +493,27 @@ static void huge_free(void *p)
 SA_NOINLINE void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why)
 {
 	if (c == sa_large_cache) {
-		if (SA_UNLIKELY(!large_is_start(s, p)))
+		struct sa_slab *h = s->head;
+		if (SA_UNLIKELY(!large_is_start(s, p))) {
 			sa_cache_bad_free(NULL, p, "a pointer into a block, not its start");
-		else
-			sa_segment_free_units(s->head);
+		} else if (h->flags & SA_SLAB_PINNED) {
+			if (!sa_may_syscall(sa_flags_effective(0))) {
+				sa_defer(p, SA_DEFER_FREE); /* munlock: later */
+				return;
+			}
+			munlock(sa_slab_base(h), (size_t)h->nunits * SA_UNIT_SIZE);
+			h->flags &= ~SA_SLAB_PINNED;
+			sa_segment_free_units(h);
+		} else {
+			sa_segment_free_units(h); /* a NOWAIT context: try-locks, or deferred */
+		}
 		return;
 	}
 	if (c == sa_huge_cache) {
 		if (SA_UNLIKELY(!huge_is_start(p)))
 			sa_cache_bad_free(NULL, p, "a pointer into a block, not its start");
+		else if (!sa_may_syscall(sa_flags_effective(0)))
+			sa_defer(p, SA_DEFER_FREE); /* munmap or the cache's lock: later */
 		else
 			huge_free(p);
 		return;
@@ -461,10 +522,25 @@ SA_NOINLINE void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, in
 }
 
 /* ------------------------------------------------------------------ the family -------------- */
+static void *block_alloc(size_t size, size_t align, sa_flags_t flags)
+{
+	void *p;
+	size_t slack = align > SA_UNIT_SIZE ? align - SA_UNIT_SIZE : 0;
+	if (size <= SA_LARGE_MAX && slack <= SA_LARGE_MAX - size && sa_large_cache) {
+		p = large_alloc(size, align, flags);
+		if (p && (flags & SA_ZERO))
+			memset(p, 0, size);
+	} else if (!sa_may_syscall(flags)) {
+		p = NULL; /* a huge block is a mapping of its own */
+	} else {
+		p = huge_alloc(size, align, flags); /* zeroed if asked (a fresh mapping is) */
+	}
+	return p;
+}
+
 static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags)
 {
 	sa_ensure_init();
-	void *p;
 	if (size > (size_t)PTRDIFF_MAX) {
 		errno = ENOMEM;
 		return NULL;
@@ -476,18 +552,22 @@ static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags
 		if (k < SA_NR_CLASSES && sa_class_cache[k])
 			return sa_cache_alloc(sa_class_cache[k], flags);
 	}
-	size_t slack = align > SA_UNIT_SIZE ? align - SA_UNIT_SIZE : 0;
-	if (size <= SA_LARGE_MAX && slack <= SA_LARGE_MAX - size && sa_large_cache) {
-		p = large_alloc(size, align, flags);
-		if (p && (flags & SA_ZERO))
-			memset(p, 0, size);
-	} else if (flags & SA_NOWAIT) {
-		p = NULL;
-	} else {
-		p = huge_alloc(size, align, flags); /* zeroed if asked (a fresh mapping is) */
+	sa_flags_t sf = sa_scope_flags();
+	if (sf)
+		sa_scope_count_alloc(sf);
+	flags = sa_flags_effective(flags);
+	if (sa_may_block(flags))
+		sa_deferred_run();
+	void *p = block_alloc(size, align, flags);
+	for (unsigned round = 0; !p && sa_must_not_fail(flags);) {
+		sa_nofail_wait(flags, "a malloc block", size, &round);
+		p = block_alloc(size, align, flags);
 	}
-	if (!p)
+	if (!p) {
+		if (!sa_may_block(flags))
+			sa_gstat_add(SA_G_NOWAIT_FAILS, 1);
 		errno = ENOMEM;
+	}
 	return p;
 }
 
@@ -539,7 +619,7 @@ SA_API size_t sa_malloc_usable_size(void *p)
 	return c->stride;
 }
 
-static void *huge_realloc(void *p, size_t size)
+static void *huge_realloc(void *p, size_t size, sa_flags_t flags)
 {
 	struct sa_segment *seg = seg_of(p);
 	size_t off = seg->huge_off, len = seg->huge_len;
@@ -547,12 +627,16 @@ static void *huge_realloc(void *p, size_t size)
 		return NULL;
 	size_t nlen = (off + size + SA_PAGE - 1) & ~(SA_PAGE - 1);
 	if (nlen <= len) {
-		if (nlen < len)
+		if (nlen < len) {
 			munmap((char *)seg + nlen, len - nlen);
+			sa_held_sub(len - nlen);
+		}
 		seg->huge_len = nlen;
 		huge_account(len - nlen, 0, false);
 		return p;
 	}
+	if (!charge_huge(nlen - len, flags))
+		return NULL;
 	/* grow in place if the next pages are free */
 	if (mremap(seg, len, nlen, 0) != MAP_FAILED) {
 		seg->huge_len = nlen;
@@ -561,15 +645,18 @@ static void *huge_realloc(void *p, size_t size)
 	}
 	/* move the pages (no copy) into a reserved 4 MiB-aligned place */
 	char *a = sa_map_aligned(nlen, SA_SEG_SIZE, PROT_NONE);
-	if (!a && sa_reclaim_map_failed(0))
+	if (!a && sa_reclaim_map_failed(flags))
 		a = sa_map_aligned(nlen, SA_SEG_SIZE, PROT_NONE);
-	if (!a)
+	if (!a) {
+		sa_held_sub(nlen - len);
 		return NULL;
+	}
 	sa_segmap_set(seg, 0);
 	void *r = mremap(seg, len, nlen, MREMAP_MAYMOVE | MREMAP_FIXED, a);
 	if (r == MAP_FAILED) {
 		sa_segmap_set(seg, 1);
 		munmap(a, nlen);
+		sa_held_sub(nlen - len);
 		return NULL;
 	}
 	struct sa_segment *ns = (struct sa_segment *)a;
@@ -601,18 +688,26 @@ SA_API void *sa_realloc(void *p, size_t size)
 		errno = EINVAL;
 		return NULL;
 	}
+	sa_flags_t flags = sa_flags_effective(0);
 	if (c == sa_huge_cache && size > SA_LARGE_MAX) {
-		void *r = huge_realloc(p, size);
+		if (!sa_may_syscall(flags)) { /* mremap and munmap: not in a NOWAIT context */
+			if (size <= old)
+				return p;
+			errno = ENOMEM;
+			return NULL;
+		}
+		void *r = huge_realloc(p, size, flags);
 		if (!r)
 			errno = ENOMEM;
 		return r;
 	}
-	if (c == sa_large_cache && size <= SA_LARGE_MAX) {
+	if (c == sa_large_cache && size <= SA_LARGE_MAX && !(s->head->flags & SA_SLAB_PINNED)) {
 		/* grow into (or give back) the units that follow the run, when they are free */
 		struct sa_slab *h = s->head;
 		size_t off = (size_t)((char *)p - sa_slab_base(h));
 		unsigned units = (unsigned)((off + size + SA_UNIT_SIZE - 1) >> SA_UNIT_SHIFT);
-		if ((size > old || units < h->nunits / 2) && sa_segment_resize_units(h, units) == 0)
+		if ((size > old || units < h->nunits / 2) &&
+		    sa_segment_resize_units(h, units, flags) == 0)
 			return p;
 	}
 	/* stays in place while it fits and does not waste more than half */
@@ -739,10 +834,4 @@ void sa_malloc_totals(struct sa_malloc_totals *t)
 	t->huge_max = atomic_load(&huge_max_bytes);
 	t->huge_max_blocks = atomic_load(&huge_max_blocks);
 	t->huge_cached = atomic_load(&huge_cached_bytes);
-}
-
-SA_API size_t sa_memory_held(void)
-{
-	return sa_segment_resident_bytes() + atomic_load(&huge_bytes) +
-	       atomic_load(&huge_cached_bytes);
 }

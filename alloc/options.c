@@ -20,6 +20,7 @@ struct sa_options sa_opt = {
 	.barn_max_empty = 10,
 	.percpu_fallback = 0,
 	.limit = 0,
+	.reserve = 1u << 20,
 	.stats_print = 0,
 	.debug = 0,
 	.scope_check_abort = 0,
@@ -64,6 +65,9 @@ static const struct opt_desc table[] = {
 	 "per-CPU mode: rseq where the kernel has it, or the lock fallback"},
 	{"limit", OPT_SIZE, &sa_opt.limit, 0, ~0ull, NULL,
 	 "limit on memory held from the OS in bytes, K/M/G suffixes (0: none)"},
+	{"reserve", OPT_SIZE, &sa_opt.reserve, 0, 3ull << 20, NULL,
+	 "emergency reserve for SA_HIGH, SA_NORECLAIM and SA_NOFAIL, mapped when a limit is set or "
+	 "a NOWAIT scope opens (0: none)"},
 	{"stats_print", OPT_ENUM, &sa_opt.stats_print, 0, 2, "0|1|json",
 	 "print every cache's statistics at exit (1: text, json: JSON)"},
 	{"debug", OPT_ENUM, &sa_opt.debug, 0, 1, "0|all", "debugging checks on every cache"},

@@ -1,78 +1,363 @@
 /*
- * alloc/reclaim.c — giving memory back: sa_trim, and the retry after a mapping failed
- * (docs/design.md §11).
+ * alloc/reclaim.c — giving memory back: the memory limit, reclaim rounds, shrinkers, SA_NOFAIL
+ * waits, sa_trim (docs/design.md §11, docs/scopes.md).
  *
- * Owns: reclaim_lock and the thread's "inside reclaim" mark.
+ * Owns: held (bytes the allocator holds from the OS: sa_memory_held), the limit, the shrinker
+ * registry, reclaim_lock, and the thread's "inside reclaim" mark (sa_in_reclaim).
+ *
+ * held counts what may be resident: units handed out and dirty free units of segments, a unit
+ * per segment for its header, huge mappings live and cached, metadata chunks, the emergency
+ * reserve. sa_held_charge adds to it and refuses (undoing the add) when the sum would pass the
+ * limit: the page layer charges before it takes clean units or maps a huge block, so the limit
+ * is never passed by more than the charges in flight that each fit on their own. Purges,
+ * unmappings and frees of huge blocks give bytes back.
  *
  * What can be given back, cheapest first: cached huge mappings (unmapped), per-CPU run stashes
- * (back to their segments), every cache's sheaves and empty slabs (sa_cache_shrink: objects
- * back to slabs, emptied slabs back to the units), dirty free units (purged with madvise), and
- * segments whose units are all free (unmapped, alloc/segment.c). Memory handed out is never
- * touched. sa_trim does all of it; a failed mapping (sa_reclaim_map_failed) does all but the
- * purge (the purge keeps address space: it only drops pages) and the caller retries once.
+ * (back to their segments), barns and every cache's empty slabs, dirty free units (purged),
+ * wholly free segments (unmapped); then the per-CPU sheaves too (a full sa_cache_shrink: one
+ * membarrier per cache); then the registered shrinkers that the flags allow (policy.h), whose
+ * freed objects the next pass over our own memory turns into free pages.
  *
- * When: never under SA_NOWAIT (it waits for locks and makes system calls) nor SA_NORECLAIM,
- * and never inside reclaim itself (in_reclaim: an allocation that a reclaim step makes fails
- * instead of reclaiming again, as the kernel's PF_MEMALLOC does).
+ * When (alloc/policy.h): not under SA_NOWAIT, not under SA_NORECLAIM, and not inside reclaim
+ * itself (sa_in_reclaim: what a shrinker allocates fails or uses the reserve instead of
+ * reclaiming again, as the kernel's PF_MEMALLOC; shrinkers also run inside a NORECLAIM scope).
  *
- * Locking: reclaim_lock (rank 0: taken with no other allocator lock held) lets one thread
- * reclaim at a time; the others wait for it and then look again, which finds what it freed.
- * Under it: sa_caches_lock (1), then each cache's drain, barn, node and page locks in their
- * order (alloc/internal.h). The caller of sa_reclaim_map_failed holds no allocator lock:
- * sa_segment_alloc_units, the huge-block mappings and sa_meta_alloc_flags are only called so
- * (internal callers that hold a lock use sa_meta_alloc, which passes SA_NORECLAIM).
+ * Locking: reclaim_lock (rank 0, taken with no other allocator lock held) serializes the
+ * passes over our own memory; no user code runs under it. Shrinkers run with no allocator lock
+ * held, several threads may run them at once (as in the kernel), so a shrinker that waits for a
+ * lock of the program's never waits for an allocator lock behind it. shrinker_lock protects
+ * the registry; a shrinker being called has active > 0, and unregistering waits until it is
+ * not (except for the calling thread's own round: a shrinker may unregister itself).
  */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
-#include "alloc/internal.h"
+#include "alloc/scope.h"
+
+__thread int sa_in_reclaim __attribute__((tls_model("initial-exec")));
+_Atomic uint64_t sa_gstat[SA_NR_GSTATS];
 
 static pthread_mutex_t reclaim_lock = PTHREAD_MUTEX_INITIALIZER;
-static __thread int in_reclaim __attribute__((tls_model("initial-exec")));
+static _Atomic size_t held;
+static _Atomic size_t limit;
 
-/* Flush every cache's sheaves and empty slabs; unmap cached huge mappings; purge if asked;
- * unmap wholly free segments. */
-static void give_back_all(bool purge)
+/* ------------------------------------------------------------------ held and the limit ------ */
+bool sa_held_charge(size_t bytes)
 {
+	size_t lim = atomic_load_explicit(&limit, memory_order_relaxed);
+	size_t now = atomic_fetch_add_explicit(&held, bytes, memory_order_relaxed) + bytes;
+	if (!lim || now <= lim)
+		return true;
+	atomic_fetch_sub_explicit(&held, bytes, memory_order_relaxed);
+	sa_gstat_add(SA_G_LIMIT_HITS, 1);
+	return false;
+}
+
+void sa_held_add(size_t bytes)
+{
+	atomic_fetch_add_explicit(&held, bytes, memory_order_relaxed);
+}
+
+void sa_held_sub(size_t bytes)
+{
+	atomic_fetch_sub_explicit(&held, bytes, memory_order_relaxed);
+}
+
+SA_API size_t sa_memory_held(void)
+{
+	return atomic_load_explicit(&held, memory_order_relaxed);
+}
+
+SA_API int sa_set_limit(size_t bytes)
+{
+	sa_ensure_init();
+	atomic_store(&limit, bytes);
+	if (bytes && sa_may_syscall(sa_flags_effective(0)))
+		sa_reserve_prepare(); /* counted in held: part of the limit */
+	return 0;
+}
+
+static bool fits(size_t bytes)
+{
+	size_t lim = atomic_load(&limit);
+	return !lim || atomic_load(&held) + bytes <= lim;
+}
+
+/* ------------------------------------------------------------------ our own memory ---------- */
+/* Flush barns (or, with all, every sheaf) and empty slabs of every cache; unmap cached huge
+ * mappings; purge; unmap wholly free segments. Returns the bytes held went down by. */
+static size_t give_back_own(bool all, bool purge)
+{
+	size_t before = atomic_load(&held);
+	pthread_mutex_lock(&reclaim_lock);
 	pthread_mutex_lock(&sa_caches_lock);
-	for (struct sa_cache *c = sa_caches; c; c = c->next)
-		sa_cache_shrink(c);
+	for (struct sa_cache *c = sa_caches; c; c = c->next) {
+		if (all)
+			sa_cache_shrink(c);
+		else
+			sa_cache_trim_barns(c);
+	}
 	pthread_mutex_unlock(&sa_caches_lock);
 	sa_malloc_huge_cache_drop();
 	if (purge)
 		sa_segment_purge(1);
 	sa_segment_unmap_free();
+	pthread_mutex_unlock(&reclaim_lock);
+	size_t after = atomic_load(&held);
+	return before > after ? before - after : 0;
 }
 
+/* ------------------------------------------------------------------ shrinkers --------------- */
+#define SHRINKERS_MAX 256
+struct shrinker_node {
+	struct sa_shrinker *s;
+	struct shrinker_node *next;
+	unsigned active; /* shrinker_lock: rounds calling it now */
+	bool dead;	 /* shrinker_lock: unregistered; freed when active drops to 0 */
+};
+static pthread_mutex_t shrinker_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t shrinker_idle = PTHREAD_COND_INITIALIZER;
+static struct shrinker_node *shrinkers; /* shrinker_lock */
+static unsigned nr_shrinkers;		/* shrinker_lock */
+/* the round this thread is running: its snapshot, so unregister never waits for itself */
+static __thread struct shrinker_node **my_round __attribute__((tls_model("initial-exec")));
+static __thread unsigned my_round_n __attribute__((tls_model("initial-exec")));
+
+SA_API int sa_shrinker_register(struct sa_shrinker *s)
+{
+	if (!s || !s->count || !s->scan ||
+	    (s->classes & ~(unsigned)(SA_SHRINK_FS | SA_SHRINK_IO))) {
+		sa_msg("sheafalloc: sa_shrinker_register('%s'): %s\n", s && s->name ? s->name : "?",
+		       !s			 ? "NULL shrinker"
+		       : (!s->count || !s->scan) ? "count and scan are both required"
+						 : "unknown class bits");
+		return -EINVAL;
+	}
+	sa_ensure_init();
+	struct shrinker_node *n = sa_meta_alloc(sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	n->s = s;
+	pthread_mutex_lock(&shrinker_lock);
+	for (struct shrinker_node *p = shrinkers; p; p = p->next) {
+		if (p->s == s && !p->dead) {
+			pthread_mutex_unlock(&shrinker_lock);
+			sa_meta_free(n, sizeof(*n));
+			return -EEXIST;
+		}
+	}
+	if (nr_shrinkers == SHRINKERS_MAX) {
+		pthread_mutex_unlock(&shrinker_lock);
+		sa_meta_free(n, sizeof(*n));
+		return -ENOSPC;
+	}
+	n->next = shrinkers;
+	shrinkers = n;
+	nr_shrinkers++;
+	pthread_mutex_unlock(&shrinker_lock);
+	return 0;
+}
+
+static unsigned my_holds(struct shrinker_node *n)
+{
+	unsigned k = 0;
+	for (unsigned i = 0; i < my_round_n; i++)
+		k += my_round[i] == n;
+	return k;
+}
+
+SA_API void sa_shrinker_unregister(struct sa_shrinker *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&shrinker_lock);
+	struct shrinker_node **pp = &shrinkers, *n = NULL;
+	for (; *pp; pp = &(*pp)->next) {
+		if ((*pp)->s == s) {
+			n = *pp;
+			*pp = n->next;
+			break;
+		}
+	}
+	if (!n) {
+		pthread_mutex_unlock(&shrinker_lock);
+		return;
+	}
+	nr_shrinkers--;
+	n->dead = true;
+	/* wait for the other threads' calls; ours (a shrinker unregistering itself) end later */
+	while (n->active > my_holds(n))
+		pthread_cond_wait(&shrinker_idle, &shrinker_lock);
+	bool free_now = n->active == 0;
+	pthread_mutex_unlock(&shrinker_lock);
+	if (free_now)
+		sa_meta_free(n, sizeof(*n));
+}
+
+/* Call every registered shrinker the flags allow: count, then scan what it has. No allocator
+ * lock held; inside a NORECLAIM scope. Returns the objects they said they freed. */
+static size_t run_shrinkers(sa_flags_t flags)
+{
+	struct shrinker_node *snap[SHRINKERS_MAX];
+	unsigned n = 0, skipped = 0;
+	pthread_mutex_lock(&shrinker_lock);
+	for (struct shrinker_node *p = shrinkers; p && n < SHRINKERS_MAX; p = p->next) {
+		if (!sa_shrinker_allowed(flags, p->s->classes)) {
+			skipped++;
+			continue;
+		}
+		p->active++;
+		snap[n++] = p;
+	}
+	pthread_mutex_unlock(&shrinker_lock);
+	if (skipped)
+		sa_gstat_add(SA_G_SHRINK_SKIPPED, skipped);
+	size_t freed = 0;
+	my_round = snap;
+	my_round_n = n;
+	unsigned cookie = sa_scope_save_internal(SA_NORECLAIM);
+	for (unsigned i = 0; i < n; i++) {
+		pthread_mutex_lock(&shrinker_lock);
+		bool dead = snap[i]->dead;
+		pthread_mutex_unlock(&shrinker_lock);
+		if (dead)
+			continue;
+		struct sa_shrinker *s = snap[i]->s;
+		size_t have = s->count(s->arg);
+		if (!have)
+			continue;
+		sa_gstat_add(s->classes & SA_SHRINK_FS	 ? SA_G_SHRINK_FS
+			     : s->classes & SA_SHRINK_IO ? SA_G_SHRINK_IO
+							 : SA_G_SHRINK_OTHER,
+			     1);
+		freed += s->scan(s->arg, have);
+	}
+	sa_scope_restore_internal(cookie);
+	my_round = NULL;
+	my_round_n = 0;
+	struct shrinker_node *dead_nodes[SHRINKERS_MAX];
+	unsigned nd = 0;
+	pthread_mutex_lock(&shrinker_lock);
+	for (unsigned i = 0; i < n; i++) {
+		if (--snap[i]->active == 0 && snap[i]->dead)
+			dead_nodes[nd++] = snap[i];
+	}
+	pthread_cond_broadcast(&shrinker_idle);
+	pthread_mutex_unlock(&shrinker_lock);
+	for (unsigned i = 0; i < nd; i++)
+		sa_meta_free(dead_nodes[i], sizeof(*dead_nodes[i]));
+	sa_gstat_add(SA_G_SHRINK_FREED, freed);
+	return freed;
+}
+
+/* ------------------------------------------------------------------ reclaim ----------------- */
 bool sa_reclaim_map_failed(sa_flags_t flags)
 {
-	if ((flags & (SA_NOWAIT | SA_NORECLAIM)) || in_reclaim || !sa_ready)
+	if (!sa_may_reclaim(flags) || !sa_ready)
 		return false;
-	in_reclaim = 1;
-	pthread_mutex_lock(&reclaim_lock);
-	give_back_all(false);
-	pthread_mutex_unlock(&reclaim_lock);
-	in_reclaim = 0;
+	sa_in_reclaim = 1;
+	sa_gstat_add(SA_G_RECLAIM_ROUNDS, 1);
+	size_t got = give_back_own(true, false);
+	sa_gstat_add(SA_G_RECLAIM_BYTES, got);
+	sa_in_reclaim = 0;
 	return true;
 }
 
+bool sa_reclaim_for_limit(size_t bytes, sa_flags_t flags)
+{
+	if (!sa_may_reclaim(flags) || !sa_ready)
+		return false;
+	sa_in_reclaim = 1;
+	sa_gstat_add(SA_G_RECLAIM_ROUNDS, 1);
+	size_t got = give_back_own(false, true);
+	if (!fits(bytes))
+		got += give_back_own(true, true);
+	if (!fits(bytes) && run_shrinkers(flags))
+		got += give_back_own(true, true);
+	sa_gstat_add(SA_G_RECLAIM_BYTES, got);
+	sa_in_reclaim = 0;
+	return got > 0 || fits(bytes);
+}
+
+/* ------------------------------------------------------------------ SA_NOFAIL --------------- */
+static SA_COLD void nofail_misuse(sa_flags_t flags, const char *what, size_t size)
+{
+	/* name the scope that made the allocation NOWAIT, if a scope did */
+	struct sa_scope_rec *r = sa_scope_tls.cur ? sa_scope_tls.cur : &sa_scope_tls.own;
+	const void *site = NULL;
+	unsigned depth = 0;
+	for (unsigned i = 0; i < r->nset; i++) {
+		if (r->set[i].bits & SA_NOWAIT) {
+			site = r->set[i].site;
+			depth = r->set[i].depth;
+		}
+	}
+	char fl[96];
+	if (site)
+		sa_msg("sheafalloc: misuse: an SA_NOFAIL allocation of %zu bytes (%s, flags %s) "
+		       "inside "
+		       "the SA_NOWAIT scope opened at %p (depth %u) found no memory without "
+		       "waiting "
+		       "and the emergency reserve is empty; aborting\n",
+		       size, what, sa_flags_name(flags, fl, sizeof(fl)), site, depth);
+	else
+		sa_msg("sheafalloc: misuse: an SA_NOFAIL allocation of %zu bytes (%s) with "
+		       "SA_NOWAIT "
+		       "(flags %s) found no memory without waiting and the emergency reserve is "
+		       "empty; aborting\n",
+		       size, what, sa_flags_name(flags, fl, sizeof(fl)));
+	abort();
+}
+
+void sa_nofail_wait(sa_flags_t flags, const char *what, size_t size, unsigned *round)
+{
+	if (!sa_may_block(flags))
+		nofail_misuse(flags, what, size);
+	unsigned r = ++*round;
+	sa_gstat_add(SA_G_NOFAIL_RETRIES, 1);
+	if (r == 1 || r % 1000 == 0)
+		sa_msg("sheafalloc: an SA_NOFAIL allocation of %zu bytes (%s) is waiting for "
+		       "memory "
+		       "(held %zu of limit %zu bytes, %u rounds); it keeps reclaiming\n",
+		       size, what, sa_memory_held(), atomic_load(&limit), r);
+	sa_deferred_run();
+	if (sa_may_reclaim(flags))
+		sa_reclaim_for_limit(size, flags & ~SA_NORECLAIM);
+	struct timespec ts = {0, (long)(r < 10 ? r : 10) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------------ sa_trim ----------------- */
 /* Return every free page the allocator can: flush every cache, purge every dirty unit, unmap
- * cached huge mappings and free segments. */
+ * cached huge mappings and free segments. Nothing under SA_NOWAIT (all of it waits and makes
+ * system calls) or inside reclaim. */
 SA_API void sa_trim(void)
 {
 	sa_ensure_init();
-	if (in_reclaim)
+	if (sa_in_reclaim || !sa_may_block(sa_flags_effective(0)))
 		return;
-	in_reclaim = 1;
-	pthread_mutex_lock(&reclaim_lock);
-	give_back_all(true);
-	pthread_mutex_unlock(&reclaim_lock);
-	in_reclaim = 0;
+	sa_in_reclaim = 1;
+	sa_deferred_run();
+	give_back_own(true, true);
+	sa_in_reclaim = 0;
 }
 
 void sa_reclaim_atfork(int phase)
 {
-	if (phase == 0)
+	if (phase == 0) {
 		pthread_mutex_lock(&reclaim_lock);
-	else
+		pthread_mutex_lock(&shrinker_lock);
+	} else {
+		pthread_mutex_unlock(&shrinker_lock);
 		pthread_mutex_unlock(&reclaim_lock);
+	}
+}
+
+size_t sa_limit_get(void)
+{
+	return atomic_load(&limit);
 }

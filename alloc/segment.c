@@ -53,7 +53,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#include "alloc/internal.h"
+#include "alloc/scope.h"
 
 uint64_t sa_segmap[1ul << (SA_ADDR_BITS - SA_SEG_SHIFT - 6)];
 
@@ -84,6 +84,7 @@ struct sa_stash {
 };
 _Static_assert(sizeof(struct sa_stash) == SA_CACHELINE, "one line a CPU");
 static struct sa_stash stashes[SA_STASH_CPUS] __attribute__((aligned(SA_CACHELINE)));
+static _Atomic uint64_t reserve_free; /* the emergency reserve's free units (below) */
 
 void sa_segmap_set(const void *seg, int on)
 {
@@ -176,6 +177,7 @@ static struct sa_segment *segment_map(int node, _Atomic uint64_t *bind_failures)
 		seg->slabs[i].node = node;
 	sa_segmap_set(a, 1);
 	atomic_fetch_add(&mapped_bytes, SA_SEG_SIZE);
+	sa_held_add(SA_UNIT_SIZE); /* the header unit; the others are charged when taken */
 	return seg;
 }
 
@@ -188,7 +190,9 @@ static int find_run(uint64_t m, unsigned n)
 	return r ? __builtin_ctzll(r) : -1;
 }
 
-static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units)
+/* Take a run of units from seg (locked); *dirty counts those of it that were dirty (held
+ * already: the caller gives back that part of its charge). */
+static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units, unsigned *dirty)
 {
 	int at = find_run(seg->free_units, units);
 	if (at < 0)
@@ -198,24 +202,31 @@ static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units)
 	seg->nfree -= units;
 	atomic_fetch_add(&units_used, units);
 	uint64_t was_dirty = seg->dirty_units & mask;
+	*dirty = (unsigned)__builtin_popcountll(was_dirty);
 	if (was_dirty) {
 		seg->dirty_units &= ~mask;
-		atomic_fetch_sub(&dirty_bytes,
-				 (uint64_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
+		atomic_fetch_sub(&dirty_bytes, (uint64_t)*dirty * SA_UNIT_SIZE);
 	}
 	return &seg->slabs[at];
 }
 
-/* Units [at, at + units) of seg become free (dirty) in its bitmap. */
-static void give_back_units(struct sa_segment *seg, unsigned at, unsigned units)
+/* Units [at, at + units) of seg become free (dirty) in its bitmap. false: nowait and the lock
+ * was busy (nothing done). */
+static bool give_back_units(struct sa_segment *seg, unsigned at, unsigned units, bool nowait)
 {
 	uint64_t mask = unit_mask(at, units);
 	struct sa_pages *pg = &pages[seg->node];
-	pthread_mutex_lock(&pg->lock);
+	if (nowait) {
+		if (pthread_mutex_trylock(&pg->lock) != 0)
+			return false;
+	} else {
+		pthread_mutex_lock(&pg->lock);
+	}
 	seg->free_units |= mask;
 	seg->dirty_units |= mask;
 	seg->nfree += units;
 	pthread_mutex_unlock(&pg->lock);
+	return true;
 }
 
 static struct sa_stash *my_stash(void)
@@ -266,7 +277,7 @@ static void give_back_entry(uintptr_t e)
 {
 	struct sa_slab *head = entry_head(e);
 	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
-	give_back_units(seg, (unsigned)(head - seg->slabs), entry_units(e));
+	give_back_units(seg, (unsigned)(head - seg->slabs), entry_units(e), false);
 }
 
 /* The newest stashed run of this CPU with exactly units units on node, or NULL. */
@@ -366,6 +377,14 @@ static void purge_tick(void)
 		sa_segment_purge(0);
 }
 
+/*
+ * A run of `units` units on node, for a slab or a large block, or NULL. Order: this CPU's stash
+ * (dirty units, held already), then the node's segments, then a new segment. Clean units are
+ * charged against the limit first (sa_held_charge); a refused charge reclaims as the flags
+ * allow and looks again, once; a failed mapping does the same. Last, for flags that may, the
+ * emergency reserve. Under SA_NOWAIT: try-locks only, no purge, no mapping.
+ * The caller holds no allocator lock (reclaim may run here).
+ */
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
 				       _Atomic uint64_t *bind_failures)
 {
@@ -373,47 +392,69 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 	if (units == 0 || units >= SA_UNITS_PER_SEG || node < 0 || node >= SA_MAX_NODES)
 		return NULL;
 	struct sa_pages *pg = &pages[node];
-	bool reclaimed = false;
-again:;
-	struct sa_slab *s = stash_take(node, units);
+	size_t bytes = (size_t)units * SA_UNIT_SIZE;
+	bool nowait = !sa_may_block(flags), map_retried = false, limit_retried = false;
+	unsigned dirty = 0;
+	struct sa_slab *s;
+again:
+	s = stash_take(node, units);
 	if (s)
 		goto found;
-	if (flags & SA_NOWAIT) {
-		if (pthread_mutex_trylock(&pg->lock) != 0)
-			return NULL;
+	if (!sa_held_charge(bytes)) { /* the limit: reclaim, then once more */
+		if (!limit_retried && sa_reclaim_for_limit(bytes, flags)) {
+			limit_retried = true;
+			goto again;
+		}
+		goto reserve;
+	}
+	if (nowait) {
+		if (pthread_mutex_trylock(&pg->lock) != 0) {
+			sa_held_sub(bytes);
+			goto reserve;
+		}
 	} else {
 		pthread_mutex_lock(&pg->lock);
 	}
 	for (struct sa_segment *seg = pg->segs; seg && !s; seg = seg->next)
 		if (seg->nfree >= units)
-			s = take_locked(seg, units);
+			s = take_locked(seg, units, &dirty);
 	pthread_mutex_unlock(&pg->lock);
-	if (!(flags & SA_NOWAIT))
+	if (!nowait)
 		purge_tick();
-	if (!s && !(flags & SA_NOWAIT)) {
-		struct sa_segment *seg = segment_map(node, bind_failures);
-		if (!seg) {
-			/* out of address space (RLIMIT_AS) or memory: give back what the caches,
-			 * stashes and free segments hold, then look again, once */
-			if (!reclaimed && sa_reclaim_map_failed(flags)) {
-				reclaimed = true;
-				goto again;
-			}
-			return NULL;
-		}
-		pthread_mutex_lock(&pg->lock);
-		s = take_locked(seg, units);
-		seg->next = pg->segs;
-		pg->segs = seg;
-		pthread_mutex_unlock(&pg->lock);
+	if (s) {
+		sa_held_sub((size_t)dirty * SA_UNIT_SIZE);
+		goto found;
 	}
-	if (!s)
+	if (nowait) {
+		sa_held_sub(bytes);
+		goto reserve;
+	}
+	struct sa_segment *seg = segment_map(node, bind_failures);
+	if (!seg) {
+		/* out of address space (RLIMIT_AS) or memory: give back what the caches,
+		 * stashes and free segments hold, then look again, once */
+		sa_held_sub(bytes);
+		if (!map_retried && sa_reclaim_map_failed(flags)) {
+			map_retried = true;
+			goto again;
+		}
+		goto reserve;
+	}
+	pthread_mutex_lock(&pg->lock);
+	s = take_locked(seg, units, &dirty);
+	seg->next = pg->segs;
+	pg->segs = seg;
+	pthread_mutex_unlock(&pg->lock);
+	goto found;
+reserve:
+	if (!sa_may_use_reserve(flags) || !(s = sa_reserve_take_units(units)))
 		return NULL;
 found:
 	for (unsigned i = 0; i < units; i++) {
 		s[i].head = s;
 		s[i].nunits = (uint16_t)units;
 	}
+	s->flags = 0;
 	return s;
 }
 
@@ -424,61 +465,116 @@ uint64_t sa_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-void sa_segment_free_units(struct sa_slab *head)
+/* A run whose records are cleared goes back: to the reserve, this CPU's stash, or its
+ * segment's bitmap (dirty). In a context that may not wait (the scope says NOWAIT) the page
+ * lock is only tried and a busy one defers the run (alloc/defer.c); no purge runs then. */
+static void release_run(struct sa_slab *head, unsigned units)
 {
 	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
-	unsigned at = (unsigned)(head - seg->slabs), units = head->nunits;
-	if (!__atomic_exchange_n(&head->cache, NULL, __ATOMIC_ACQ_REL)) {
-		/* another thread freed the same block a moment ago */
-		sa_cache_bad_free(NULL, sa_slab_base(head),
-				  "not an allocated block (freed already, or never allocated)");
+	unsigned at = (unsigned)(head - seg->slabs);
+	if (seg->reserve) {
+		atomic_fetch_sub(&units_used, units);
+		atomic_fetch_or(&reserve_free, unit_mask(at, units));
 		return;
 	}
+	bool nowait = !sa_may_block(sa_flags_effective(0));
+	if (!stash_put(head, units) && !give_back_units(seg, at, units, nowait)) {
+		head->nunits = (uint16_t)units; /* read back by sa_segment_release_deferred */
+		sa_defer(head, SA_DEFER_RUN);
+		return;
+	}
+	atomic_fetch_sub(&units_used, units);
+	atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE);
+	if (!nowait)
+		purge_tick();
+}
+
+static void clear_records(struct sa_slab *head, unsigned units)
+{
 	for (unsigned i = 0; i < units; i++) {
 		struct sa_slab *u = &head[i];
 		__atomic_store_n(&u->cache, NULL, __ATOMIC_RELEASE);
 		u->head = NULL;
 		u->bits = NULL;
 		u->hint = 0;
+		u->flags = 0;
 		u->next = u->prev = NULL;
 		u->inuse = u->nobjs = 0;
 		u->nunits = 0;
 		u->on_partial = 0;
 	}
-	if (!stash_put(head, units))
-		give_back_units(seg, at, units);
-	atomic_fetch_sub(&units_used, units);
-	atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE);
-	purge_tick();
+}
+
+void sa_segment_free_units(struct sa_slab *head)
+{
+	unsigned units = head->nunits;
+	if (!__atomic_exchange_n(&head->cache, NULL, __ATOMIC_ACQ_REL)) {
+		/* another thread freed the same block a moment ago */
+		sa_cache_bad_free(NULL, sa_slab_base(head),
+				  "not an allocated block (freed already, or never allocated)");
+		return;
+	}
+	clear_records(head, units);
+	release_run(head, units);
+}
+
+/* A run taken with sa_segment_alloc_units and never published (no cache recorded). */
+void sa_segment_unuse_units(struct sa_slab *head)
+{
+	unsigned units = head->nunits;
+	clear_records(head, units);
+	release_run(head, units);
+}
+
+/* A run deferred by release_run (its head record keeps the unit count). */
+void sa_segment_release_deferred(struct sa_slab *head)
+{
+	unsigned units = head->nunits;
+	head->nunits = 0;
+	release_run(head, units);
 }
 
 /* Grow or shrink a unit run in place (large realloc). 0 on success, -1 if the units after it
  * are taken or the segment ends. */
-int sa_segment_resize_units(struct sa_slab *head, unsigned units)
+int sa_segment_resize_units(struct sa_slab *head, unsigned units, sa_flags_t flags)
 {
 	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
 	unsigned at = (unsigned)(head - seg->slabs), old = head->nunits;
 	if (units == old)
 		return 0;
-	if (units == 0 || at + units > SA_UNITS_PER_SEG)
+	if (units == 0 || at + units > SA_UNITS_PER_SEG || seg->reserve)
 		return -1;
 	struct sa_pages *pg = &pages[seg->node];
+	bool nowait = !sa_may_block(flags);
 	if (units > old) {
 		uint64_t mask = unit_mask(at + old, units - old);
+		size_t bytes = (size_t)(units - old) * SA_UNIT_SIZE;
+		if (!sa_held_charge(bytes)) /* the limit: the caller moves the block instead */
+			return -1;
 		for (int tries = 0;; tries++) {
-			pthread_mutex_lock(&pg->lock);
+			if (nowait) {
+				if (pthread_mutex_trylock(&pg->lock) != 0) {
+					sa_held_sub(bytes);
+					return -1;
+				}
+			} else {
+				pthread_mutex_lock(&pg->lock);
+			}
 			if ((seg->free_units & mask) == mask)
 				break;
 			pthread_mutex_unlock(&pg->lock);
 			/* the units after the block may sit in this CPU's stash: free them and retry */
-			if (tries > 0 || !stash_release_range(seg, at + old, units - old))
+			if (tries > 0 || !stash_release_range(seg, at + old, units - old)) {
+				sa_held_sub(bytes);
 				return -1;
+			}
 		}
 		seg->free_units &= ~mask;
 		seg->nfree -= units - old;
 		uint64_t was_dirty = seg->dirty_units & mask;
 		seg->dirty_units &= ~mask;
 		pthread_mutex_unlock(&pg->lock);
+		sa_held_sub((size_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
 		atomic_fetch_add(&units_used, units - old);
 		atomic_fetch_sub(&dirty_bytes,
 				 (uint64_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
@@ -490,6 +586,12 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units)
 			head[i].nunits = (uint16_t)units;
 		return 0;
 	}
+	if (nowait) {
+		if (pthread_mutex_trylock(&pg->lock) != 0)
+			return -1; /* the block stays as it is */
+	} else {
+		pthread_mutex_lock(&pg->lock);
+	}
 	for (unsigned i = units; i < old; i++) {
 		__atomic_store_n(&head[i].cache, NULL, __ATOMIC_RELEASE);
 		head[i].head = NULL;
@@ -498,7 +600,6 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units)
 	for (unsigned i = 0; i < units; i++)
 		head[i].nunits = (uint16_t)units;
 	uint64_t mask = unit_mask(at + units, old - units);
-	pthread_mutex_lock(&pg->lock);
 	seg->free_units |= mask;
 	seg->dirty_units |= mask;
 	seg->nfree += old - units;
@@ -539,6 +640,7 @@ static size_t purge_segment(struct sa_pages *pg, struct sa_segment *seg, struct 
 	pthread_mutex_unlock(&pg->lock);
 	size_t b = (size_t)__builtin_popcountll(take) * SA_UNIT_SIZE;
 	atomic_fetch_sub(&dirty_bytes, b);
+	sa_held_sub(b);
 	return b;
 }
 
@@ -644,9 +746,10 @@ size_t sa_segment_unmap_free(void)
 				continue;
 			}
 			*sp = seg->next;
-			atomic_fetch_sub(&dirty_bytes,
-					 (uint64_t)__builtin_popcountll(seg->dirty_units) *
-						 SA_UNIT_SIZE);
+			size_t dirty =
+				(size_t)__builtin_popcountll(seg->dirty_units) * SA_UNIT_SIZE;
+			atomic_fetch_sub(&dirty_bytes, dirty);
+			sa_held_sub(dirty + SA_UNIT_SIZE);
 			sa_segmap_set(seg, 0); /* before the munmap: a stale free says "not ours" */
 			seg->next = out;
 			out = seg;
@@ -665,8 +768,102 @@ size_t sa_segment_unmap_free(void)
 	return n * SA_SEG_SIZE;
 }
 
+/*
+ * The emergency reserve: one segment kept off the node lists (never purged, never unmapped),
+ * whose first reserve_nunits units after the header are faulted in when it is prepared and
+ * counted in held from then on. Its free units are one atomic bitmap, taken and returned with
+ * compare-and-swap: no lock, no system call, so an allocation that may use the reserve
+ * (policy.h) gets memory from it when the try-locks or the limit said no. Bitmaps of slabs
+ * carved from it live in its header unit (RESERVE_BITMAP_AT, 1 KiB per unit: enough for 8-byte
+ * objects), so such a slab needs no metadata allocation either.
+ * reserve_lock only serializes the preparation (a leaf: nothing is taken under it).
+ */
+#define RESERVE_UNITS_MAX 48
+#define RESERVE_BITMAP_AT 8192
+static struct sa_segment *_Atomic reserve_seg;
+static unsigned reserve_nunits; /* written once, before reserve_seg is published */
+static pthread_mutex_t reserve_lock = PTHREAD_MUTEX_INITIALIZER;
+_Static_assert(RESERVE_BITMAP_AT + (RESERVE_UNITS_MAX + 1) * 1024 <= SA_UNIT_SIZE, "header");
+_Static_assert(64 + 64 * SA_UNITS_PER_SEG <= RESERVE_BITMAP_AT, "records before bitmaps");
+
+void sa_reserve_prepare(void)
+{
+	if (atomic_load_explicit(&reserve_seg, memory_order_acquire) || !sa_opt.reserve)
+		return;
+	pthread_once(&pages_once, pages_init);
+	pthread_mutex_lock(&reserve_lock);
+	if (!atomic_load_explicit(&reserve_seg, memory_order_relaxed)) {
+		size_t n = (sa_opt.reserve + SA_UNIT_SIZE - 1) / SA_UNIT_SIZE;
+		if (n > RESERVE_UNITS_MAX)
+			n = RESERVE_UNITS_MAX;
+		char *a = sa_map_aligned(SA_SEG_SIZE, SA_SEG_SIZE, PROT_READ | PROT_WRITE);
+		if (a && !((uintptr_t)a >> SA_ADDR_BITS)) {
+			int node = sa_topo_cpu_node(sa_pcs_current_cpu());
+			if (node < 0 || node >= sa_nr_nodes)
+				node = 0;
+			sa_topo_bind(a, SA_SEG_SIZE, node);
+			struct sa_segment *seg = (struct sa_segment *)a;
+			seg->magic = SA_SEG_MAGIC;
+			seg->node = node;
+			seg->reserve = 1;
+			for (unsigned i = 0; i < SA_UNITS_PER_SEG; i++)
+				seg->slabs[i].node = node;
+			/* fault it in now: a NOWAIT allocation must not wait for a page */
+			for (size_t off = 4096; off < (n + 1) * SA_UNIT_SIZE; off += 4096)
+				((volatile char *)a)[off] = 0;
+			sa_segmap_set(a, 1);
+			atomic_fetch_add(&mapped_bytes, SA_SEG_SIZE);
+			sa_held_add((n + 1) * SA_UNIT_SIZE);
+			reserve_nunits = (unsigned)n;
+			atomic_store(&reserve_free, unit_mask(1, (unsigned)n));
+			atomic_store_explicit(&reserve_seg, seg, memory_order_release);
+		} else if (a) {
+			munmap(a, SA_SEG_SIZE);
+		}
+	}
+	pthread_mutex_unlock(&reserve_lock);
+}
+
+struct sa_slab *sa_reserve_take_units(unsigned units)
+{
+	struct sa_segment *seg = atomic_load_explicit(&reserve_seg, memory_order_acquire);
+	if (!seg)
+		return NULL;
+	uint64_t m = atomic_load(&reserve_free);
+	int at;
+	do {
+		at = find_run(m, units);
+		if (at < 0)
+			return NULL;
+	} while (!atomic_compare_exchange_weak(&reserve_free, &m,
+					       m & ~unit_mask((unsigned)at, units)));
+	atomic_fetch_add(&units_used, units);
+	sa_gstat_add(SA_G_RESERVE_ALLOCS, 1);
+	return &seg->slabs[at];
+}
+
+bool sa_segment_is_reserve(const struct sa_segment *seg)
+{
+	return seg->reserve != 0;
+}
+
+void *sa_reserve_bitmap(struct sa_slab *head)
+{
+	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
+	return (char *)seg + RESERVE_BITMAP_AT + (size_t)(head - seg->slabs) * 1024;
+}
+
+void sa_reserve_counts(size_t *bytes, size_t *free_bytes)
+{
+	struct sa_segment *seg = atomic_load_explicit(&reserve_seg, memory_order_acquire);
+	*bytes = seg ? (size_t)reserve_nunits * SA_UNIT_SIZE : 0;
+	*free_bytes = (size_t)__builtin_popcountll(atomic_load(&reserve_free)) * SA_UNIT_SIZE;
+}
+
 void sa_segment_atfork(int phase)
 {
+	if (phase == 0)
+		pthread_mutex_lock(&reserve_lock);
 	if (phase == 0) /* a round in progress finishes its few calls first */
 		while (atomic_exchange(&purge_busy, 1))
 			__builtin_ia32_pause();
@@ -682,6 +879,8 @@ void sa_segment_atfork(int phase)
 		else
 			stash_unlock(&stashes[c]);
 	}
-	if (phase != 0)
+	if (phase != 0) {
 		atomic_store(&purge_busy, 0);
+		pthread_mutex_unlock(&reserve_lock);
+	}
 }

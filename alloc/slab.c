@@ -15,8 +15,23 @@
  * lock; nothing is ever written into a free object, so it keeps its constructed state.
  * A flush finds two kinds of bad free on the way, which are reported and ignored: a pointer
  * that is not at an object boundary, and an object whose bit is already set (a double free).
+ *
+ * Contexts that may not wait (SA_NOWAIT, policy.h): cnode->lock is only tried. A new slab that
+ * such a path cannot publish because the lock is busy goes onto the node's pending list (a
+ * lock-free push; its own objects and counts travel with it), and whoever next holds the lock
+ * publishes it (drain_pending_locked); an allocation that may use the emergency reserve takes
+ * its objects from such a private slab directly. A slab to release, or an object to free, that
+ * finds the lock busy is deferred (alloc/defer.c).
+ * SA_PIN: the slabs of a pinned companion cache (SA_CACHE_PINNED_) are mlock'ed before they
+ * are published and munlock'ed when released; an mlock that fails (RLIMIT_MEMLOCK) is reported
+ * once and the slab is not made.
  */
-#include "alloc/internal.h"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "alloc/scope.h"
 
 #define SA_KEEP_EMPTY 2
 
@@ -70,14 +85,82 @@ static void partial_del_locked(struct sa_cache_node *n, struct sa_slab *s)
 	n->nr_partial--;
 }
 
+/* Account for and publish the slabs NOWAIT paths left pending (lock held). */
+static void drain_pending_locked(struct sa_cache_node *n)
+{
+	if (!atomic_load_explicit(&n->pending, memory_order_relaxed))
+		return;
+	struct sa_slab *s = atomic_exchange_explicit(&n->pending, NULL, memory_order_acquire);
+	while (s) {
+		struct sa_slab *next = s->next;
+		n->nr_slabs++;
+		n->units += s->nunits;
+		n->objs_out += s->inuse;
+		if (s->inuse == 0)
+			n->nr_empty++;
+		if (s->inuse < s->nobjs)
+			partial_add_locked(n, s, true);
+		s = next;
+	}
+}
+
+static void pending_push(struct sa_cache_node *n, struct sa_slab *s)
+{
+	struct sa_slab *head = atomic_load_explicit(&n->pending, memory_order_relaxed);
+	do
+		s->next = head;
+	while (!atomic_compare_exchange_weak_explicit(&n->pending, &head, s, memory_order_release,
+						      memory_order_relaxed));
+}
+
+static bool slab_in_reserve(const struct sa_slab *s)
+{
+	return sa_segment_is_reserve(
+		(const struct sa_segment *)((uintptr_t)s & ~(SA_SEG_SIZE - 1)));
+}
+
+static _Atomic int pin_reported;
+
+/* mlock [p, p + len) for SA_PIN; false (reported once per process) if the kernel refuses */
+bool sa_pin_range(void *p, size_t len)
+{
+	if (mlock(p, len) == 0) {
+		sa_gstat_add(SA_G_PINNED, 1);
+		return true;
+	}
+	int err = errno;
+	sa_gstat_add(SA_G_PIN_FAILS, 1);
+	if (!atomic_exchange(&pin_reported, 1))
+		sa_msg("sheafalloc: SA_PIN: mlock of %zu bytes failed (%s); pinned allocations "
+		       "fail "
+		       "while the limit on locked memory (RLIMIT_MEMLOCK, ulimit -l) is reached "
+		       "(reported once)\n",
+		       len, strerror(err));
+	return false;
+}
+
+static bool pin_units(struct sa_slab *s)
+{
+	if (!sa_pin_range(sa_slab_base(s), (size_t)s->nunits * SA_UNIT_SIZE))
+		return false;
+	s->flags |= SA_SLAB_PINNED;
+	return true;
+}
+
 static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 {
-	uint64_t *bits = sa_meta_alloc_flags(bitmap_bytes(c->slab_objs), flags);
-	if (!bits)
-		return NULL;
+	if ((c->flags & SA_CACHE_PINNED_) && !sa_may_syscall(flags))
+		return NULL; /* mlock is a system call */
 	struct sa_slab *s = sa_segment_alloc_units(node, c->slab_units, flags, &c->bind_failures);
-	if (!s) {
-		sa_meta_free(bits, bitmap_bytes(c->slab_objs));
+	if (!s)
+		return NULL;
+	uint64_t *bits = slab_in_reserve(s)
+				 ? sa_reserve_bitmap(s)
+				 : sa_meta_alloc_flags(bitmap_bytes(c->slab_objs), flags);
+	if (!bits || ((c->flags & SA_CACHE_PINNED_) && !pin_units(s))) {
+		if (bits && !slab_in_reserve(s))
+			sa_meta_free(bits, bitmap_bytes(c->slab_objs));
+		sa_segment_unuse_units(s);
 		return NULL;
 	}
 	uint32_t nobjs = c->slab_objs;
@@ -105,17 +188,33 @@ static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 
 static void slab_release(struct sa_cache *c, struct sa_slab *s)
 {
+	if (!sa_may_block(sa_flags_effective(0))) { /* meta and page locks, munlock: later */
+		sa_defer(s, SA_DEFER_SLAB);
+		return;
+	}
 	sa_stat_add(c, SA_STAT_SLAB_FREE, 1);
-	sa_meta_free(s->bits, bitmap_bytes(s->nobjs));
+	if (!slab_in_reserve(s))
+		sa_meta_free(s->bits, bitmap_bytes(s->nobjs));
 	s->bits = NULL;
+	if (s->flags & SA_SLAB_PINNED)
+		munlock(sa_slab_base(s), (size_t)s->nunits * SA_UNIT_SIZE);
 	sa_segment_free_units(s);
+}
+
+void sa_slab_release_deferred(struct sa_slab *head)
+{
+	slab_release(head->cache, head);
 }
 
 static bool node_lock(struct sa_cache_node *n, sa_flags_t flags)
 {
-	if (flags & SA_NOWAIT)
-		return pthread_mutex_trylock(&n->lock) == 0;
-	pthread_mutex_lock(&n->lock);
+	if (!sa_may_block(flags)) {
+		if (pthread_mutex_trylock(&n->lock) != 0)
+			return false;
+	} else {
+		pthread_mutex_lock(&n->lock);
+	}
+	drain_pending_locked(n);
 	return true;
 }
 
@@ -149,24 +248,67 @@ static unsigned take_locked(struct sa_cache *c, struct sa_cache_node *n, struct 
 	return got;
 }
 
+/* Objects from a new slab nobody else can see yet (no lock): the first want of them. */
+static unsigned take_private(struct sa_cache *c, struct sa_slab *s, void **dst, unsigned want)
+{
+	unsigned got = 0;
+	char *base = sa_slab_base(s);
+	for (uint32_t w = 0; got < want && w < (s->nobjs + 63) / 64; w++) {
+		while (s->bits[w] && got < want) {
+			dst[got++] = base + ((size_t)w * 64 + (size_t)__builtin_ctzll(s->bits[w])) *
+						    c->stride;
+			s->bits[w] &= s->bits[w] - 1;
+		}
+		if (!s->bits[w])
+			s->hint = w + 1;
+	}
+	s->inuse += got;
+	return got;
+}
+
+/*
+ * Under SA_NOWAIT with the node lock busy: an allocation that may use the emergency reserve
+ * makes a slab of its own (from free units or the reserve, no lock waited for), takes its
+ * objects from it, and leaves the slab pending for the next lock holder to publish.
+ */
+static unsigned refill_private(struct sa_cache *c, int node, void **dst, unsigned want,
+			       sa_flags_t flags)
+{
+	if (!sa_may_use_reserve(flags))
+		return 0;
+	struct sa_slab *s = slab_new(c, node, flags);
+	if (!s)
+		return 0;
+	unsigned got = take_private(c, s, dst, want);
+	pending_push(c->nodes[node], s);
+	return got;
+}
+
 unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags)
 {
 	struct sa_cache_node *n = c->nodes[node];
 	unsigned got = 0;
 	if (!node_lock(n, flags))
-		return 0;
+		return refill_private(c, node, dst, want, flags);
 	while (got < want) {
 		struct sa_slab *s = n->partial;
 		if (!s) {
 			pthread_mutex_unlock(&n->lock);
 			s = slab_new(c, node, flags);
-			if (!node_lock(n, flags)) {
-				if (s)
-					slab_release(c, s);
+			if (s && !node_lock(n, flags)) {
+				/* NOWAIT and the lock is busy now: the new slab waits for the
+				 * next lock holder, with what this call takes from it */
+				got += take_private(c, s, dst + got, want - got);
+				pending_push(n, s);
 				return got;
 			}
-			if (!s)
-				break;
+			if (!s) {
+				if (got || !node_lock(n, flags))
+					return got;
+				if (!n->partial) /* nor did another thread make one meanwhile */
+					break;
+				continue;
+			}
 			n->nr_slabs++;
 			n->units += s->nunits;
 			n->nr_empty++;
@@ -230,12 +372,12 @@ static void release_list(struct sa_cache *c, struct sa_slab *rel)
 	}
 }
 
-unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n)
+/* Lock held (taken by the caller): objs back to their slabs; releases emptied ones after. */
+static unsigned free_batch_locked(struct sa_cache *c, struct sa_cache_node *cn, void **objs,
+				  unsigned n)
 {
-	struct sa_cache_node *cn = c->nodes[node];
 	struct sa_slab *rel = NULL;
 	unsigned done = 0;
-	pthread_mutex_lock(&cn->lock);
 	for (unsigned i = 0; i < n; i++)
 		done += (unsigned)put_locked(c, cn, objs[i], &rel);
 	pthread_mutex_unlock(&cn->lock);
@@ -243,9 +385,30 @@ unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned 
 	return done;
 }
 
+unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n)
+{
+	struct sa_cache_node *cn = c->nodes[node];
+	node_lock(cn, 0);
+	return free_batch_locked(c, cn, objs, n);
+}
+
+/* Like sa_slab_free_batch, but only if the lock is free now: UINT32_MAX when it was busy. */
+unsigned sa_slab_free_batch_try(struct sa_cache *c, int node, void **objs, unsigned n)
+{
+	struct sa_cache_node *cn = c->nodes[node];
+	if (!node_lock(cn, SA_NOWAIT))
+		return UINT32_MAX;
+	return free_batch_locked(c, cn, objs, n);
+}
+
 void sa_slab_free_one(struct sa_cache *c, void *obj)
 {
 	int node = sa_slab_of(obj)->node;
+	if (!sa_may_block(sa_flags_effective(0))) {
+		if (sa_slab_free_batch_try(c, node, &obj, 1) == UINT32_MAX)
+			sa_defer(obj, SA_DEFER_FREE); /* the lock is busy: free it later */
+		return;
+	}
 	sa_slab_free_batch(c, node, &obj, 1);
 }
 
@@ -253,7 +416,7 @@ void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
 {
 	struct sa_cache_node *n = c->nodes[node];
 	struct sa_slab *rel = NULL;
-	pthread_mutex_lock(&n->lock);
+	node_lock(n, 0);
 	struct sa_slab *s = n->partial;
 	while (s && n->nr_empty > keep_empty) {
 		struct sa_slab *next = s->next;

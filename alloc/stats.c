@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "alloc/scope.h"
 #include "sheaf/pcs_inline.h"
 
 static uint64_t ld(struct sa_cache *c, enum sa_stat_item i)
@@ -79,6 +80,54 @@ SA_API int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *o)
 	return 0;
 }
 
+size_t sa_limit_get(void);
+
+SA_API int sa_scope_stats(struct sa_scope_stats *o)
+{
+	if (!o) {
+		errno = EINVAL;
+		return -1;
+	}
+	memset(o, 0, sizeof(*o));
+	o->nowait_allocs = sa_scope_allocs_under(0);
+	o->nofs_allocs = sa_scope_allocs_under(1);
+	o->noio_allocs = sa_scope_allocs_under(2);
+	o->noreclaim_allocs = sa_scope_allocs_under(3);
+	o->zero_allocs = sa_scope_allocs_under(5);
+	o->nowarn_allocs = sa_scope_allocs_under(6);
+	o->high_allocs = sa_scope_allocs_under(7);
+	o->pin_allocs = sa_scope_allocs_under(8);
+#define G(i) atomic_load_explicit(&sa_gstat[i], memory_order_relaxed)
+	o->scope_saves = G(SA_G_SCOPE_SAVES);
+	o->scopes_refused = G(SA_G_SCOPE_REFUSED);
+	o->scopes_out_of_order = G(SA_G_SCOPE_OUT_OF_ORDER);
+	o->scope_misuse = G(SA_G_SCOPE_MISUSE);
+	o->scope_swaps = G(SA_G_SCOPE_SWAPS);
+	o->limit_hits = G(SA_G_LIMIT_HITS);
+	o->reclaim_rounds = G(SA_G_RECLAIM_ROUNDS);
+	o->reclaim_bytes = G(SA_G_RECLAIM_BYTES);
+	o->shrinker_calls_fs = G(SA_G_SHRINK_FS);
+	o->shrinker_calls_io = G(SA_G_SHRINK_IO);
+	o->shrinker_calls_other = G(SA_G_SHRINK_OTHER);
+	o->shrinker_skipped = G(SA_G_SHRINK_SKIPPED);
+	o->shrinker_freed = G(SA_G_SHRINK_FREED);
+	o->reserve_allocs = G(SA_G_RESERVE_ALLOCS);
+	o->nofail_retries = G(SA_G_NOFAIL_RETRIES);
+	o->nowait_failures = G(SA_G_NOWAIT_FAILS);
+	o->deferred_frees = G(SA_G_DEFERRED);
+	o->pinned_slabs = G(SA_G_PINNED);
+	o->pin_failures = G(SA_G_PIN_FAILS);
+#undef G
+	o->limit = sa_limit_get();
+	o->held = sa_memory_held();
+	size_t rb, rf;
+	sa_reserve_counts(&rb, &rf);
+	o->reserve_bytes = rb;
+	o->reserve_free = rf;
+	o->deferred_now = sa_deferred_count();
+	return 0;
+}
+
 struct outbuf {
 	int fd;
 	size_t n;
@@ -118,6 +167,14 @@ static void out_flush(struct outbuf *o)
 	X(sheaf_alloc_objects) X(remote_free) X(alloc_node_mismatch) X(alloc_fail) \
 	X(slabs_allocated) X(slabs_freed) X(remote_fences) X(bind_failures) X(slabs) \
 	X(objects_in_use) X(bytes_held) X(objects_cached)
+#define SCOPE_FIELDS(X) \
+	X(nowait_allocs) X(nofs_allocs) X(noio_allocs) X(noreclaim_allocs) X(zero_allocs) \
+	X(nowarn_allocs) X(high_allocs) X(pin_allocs) X(scope_saves) X(scopes_refused) \
+	X(scopes_out_of_order) X(scope_misuse) X(scope_swaps) X(limit_hits) X(reclaim_rounds) \
+	X(reclaim_bytes) X(shrinker_calls_fs) X(shrinker_calls_io) X(shrinker_calls_other) \
+	X(shrinker_skipped) X(shrinker_freed) X(reserve_allocs) X(nofail_retries) \
+	X(nowait_failures) X(deferred_frees) X(pinned_slabs) X(pin_failures) X(limit) X(held) \
+	X(reserve_bytes) X(reserve_free) X(deferred_now)
 /* clang-format on */
 
 static void print_all(int fd, int json)
@@ -153,8 +210,25 @@ static void print_all(int fd, int json)
 		first = 0;
 	}
 	pthread_mutex_unlock(&sa_caches_lock);
-	if (json)
-		out(&o, "\n]}\n");
+	struct sa_scope_stats g;
+	sa_scope_stats(&g);
+	if (json) {
+		out(&o, "\n], \"scopes\": {");
+		const char *sep = "";
+#define X(f)                                                                 \
+	do {                                                                 \
+		out(&o, "%s\"" #f "\": %llu", sep, (unsigned long long)g.f); \
+		sep = ", ";                                                  \
+	} while (0);
+		SCOPE_FIELDS(X)
+#undef X
+		out(&o, "}}\n");
+	} else {
+		out(&o, "scopes, limit and reclaim:\n");
+#define X(f) out(&o, "  %-20s %llu\n", #f, (unsigned long long)g.f);
+		SCOPE_FIELDS(X)
+#undef X
+	}
 	out_flush(&o);
 }
 

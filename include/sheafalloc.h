@@ -51,6 +51,42 @@ unsigned sa_memalloc_flags_save(sa_flags_t flags);
 void sa_memalloc_flags_restore(unsigned cookie);
 sa_flags_t sa_memalloc_flags(void);
 
+/*
+ * Scopes that follow coroutines: a scheduler gives each coroutine (fiber, green thread, task) a
+ * struct sa_scope_state, initialized with sa_scope_state_init, and makes it current with
+ * sa_scope_swap on every switch into the coroutine (and back, with the value sa_scope_swap
+ * returned). Scopes saved and restored inside the coroutine then live in its own state, so two
+ * coroutines interleaved on one thread never restore each other's scopes. NULL stands for the
+ * thread's own state. The state is plain memory: a coroutine may resume on another thread.
+ */
+struct sa_scope_state {
+	uint64_t opaque[32];
+};
+void sa_scope_state_init(struct sa_scope_state *s);
+struct sa_scope_state *sa_scope_swap(struct sa_scope_state *s);	 /* returns the previous one */
+sa_flags_t sa_scope_state_flags(const struct sa_scope_state *s); /* the flags its scopes hold */
+
+/*
+ * A scope tied to a block (GCC and Clang): the flags hold inside the block and are restored on
+ * every way out of it: the end, return, goto, break and continue (which leave the block, as
+ * with any loop-based macro). Not for code that suspends inside the block (a coroutine yield):
+ * use sa_scope_swap there.
+ *     SA_SCOPE(SA_NOFS) { ... }
+ */
+#if defined(__GNUC__) || defined(__clang__)
+static inline void sa_scope_end_(unsigned *cookie)
+{
+	sa_memalloc_flags_restore(*cookie);
+}
+#define SA_SCOPE_CAT2_(a, b) a##b
+#define SA_SCOPE_CAT_(a, b)  SA_SCOPE_CAT2_(a, b)
+#define SA_SCOPE(flags)                                                                       \
+	for (unsigned SA_SCOPE_CAT_(sa_scope_cookie_, __LINE__)                               \
+		     __attribute__((cleanup(sa_scope_end_))) = sa_memalloc_flags_save(flags), \
+		     SA_SCOPE_CAT_(sa_scope_once_, __LINE__) = 1;                             \
+	     SA_SCOPE_CAT_(sa_scope_once_, __LINE__); SA_SCOPE_CAT_(sa_scope_once_, __LINE__) = 0)
+#endif
+
 /* ---- reclaim: memory limit and shrinkers -------------------------------------------------- */
 #define SA_SHRINK_FS (1u << 0)
 #define SA_SHRINK_IO (1u << 1)
@@ -171,6 +207,39 @@ struct sa_cache_stats {
 	uint32_t sheaf_capacity;
 };
 int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *out);
+
+/* Process-wide counters of the scope and reclaim layer (docs/api.md "Scope statistics"). */
+struct sa_scope_stats {
+	/* allocations made while a scope held each flag (one allocation counts under each) */
+	uint64_t nowait_allocs, nofs_allocs, noio_allocs, noreclaim_allocs;
+	uint64_t zero_allocs, nowarn_allocs, high_allocs, pin_allocs;
+	uint64_t scope_saves;	       /* saves that opened a scope */
+	uint64_t scopes_refused;       /* saves refused: a flag that may not be scoped */
+	uint64_t scopes_out_of_order;  /* restores out of LIFO order */
+	uint64_t scope_misuse;	       /* every report: out of order, twice, foreign cookie */
+	uint64_t scope_swaps;	       /* sa_scope_swap calls */
+	uint64_t limit_hits;	       /* allocations that found the memory limit in the way */
+	uint64_t reclaim_rounds;       /* reclaim rounds run (limit or failed mapping) */
+	uint64_t reclaim_bytes;	       /* bytes those rounds gave back */
+	uint64_t shrinker_calls_fs;    /* scan calls of shrinkers of class SA_SHRINK_FS */
+	uint64_t shrinker_calls_io;    /* ... of class SA_SHRINK_IO (and not FS) */
+	uint64_t shrinker_calls_other; /* ... of neither class */
+	uint64_t shrinker_skipped;     /* shrinkers a round left out: their class was forbidden */
+	uint64_t shrinker_freed;       /* objects the shrinkers said they freed */
+	uint64_t reserve_allocs;       /* allocations served by the emergency reserve */
+	uint64_t nofail_retries;       /* SA_NOFAIL rounds that found no memory and tried again */
+	uint64_t nowait_failures;      /* SA_NOWAIT allocations that returned NULL */
+	uint64_t deferred_frees;       /* frees a NOWAIT context deferred (a lock was busy) */
+	uint64_t pinned_slabs;	       /* slabs and blocks locked with mlock */
+	uint64_t pin_failures;	       /* mlock refused (RLIMIT_MEMLOCK) */
+	/* gauges */
+	uint64_t limit;		/* sa_set_limit / option limit; 0: none */
+	uint64_t held;		/* sa_memory_held() */
+	uint64_t reserve_bytes; /* size of the emergency reserve (mapped, resident) */
+	uint64_t reserve_free;	/* of which not in use */
+	uint64_t deferred_now;	/* frees waiting in the deferred list */
+};
+int sa_scope_stats(struct sa_scope_stats *out);
 void sa_stats_print(int fd);
 void sa_stats_print_json(int fd);
 

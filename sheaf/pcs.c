@@ -23,11 +23,18 @@
  *
  * Locking: fallback slot spinlock (rank 2) is held only for the few loads and stores of a
  * section, never across a barn, slab or sheaf allocation. c->drain_lock serializes remote drains.
+ *
+ * Flags: the alloc slow path gets the effective flags (call and scope, alloc/scope.h); the free
+ * slow path reads the scope itself (free takes no flags). In a context that may not wait
+ * (SA_NOWAIT, alloc/policy.h) every lock is only tried: a full sheaf that cannot go to its barn
+ * goes onto the cache's deferred stack, an object that cannot reach its slab is deferred
+ * (alloc/defer.c), and the fallback spinlock spins without yielding (no system call).
  */
 #define _GNU_SOURCE
 #include <sched.h>
 #include <string.h>
 
+#include "alloc/scope.h"
 #include "sheaf/pcs_inline.h"
 
 enum { DIR_ALLOC = 0, DIR_FREE = 1 };
@@ -40,7 +47,7 @@ static void spin_lock(uint32_t *l)
 		if (!__atomic_load_n(l, __ATOMIC_RELAXED) &&
 		    !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE))
 			return;
-		if (n < 100)
+		if (n < 100 || !sa_may_syscall(sa_scope_flags()))
 			__builtin_ia32_pause();
 		else
 			sched_yield();
@@ -261,7 +268,7 @@ static void prep_install(struct sa_sheaf *s)
 
 /* ------------------------------------------------------------------ slow paths -------------- */
 /* Take main out and put it back, folding its counter on the way. */
-static void fold_main(struct sa_cache *c)
+static void fold_main(struct sa_cache *c, sa_flags_t flags)
 {
 	struct sa_sheaf *old, *o2;
 	if (pcs_xchg(c, MAIN, &sa_sheaf_sentinel, -1, &old))
@@ -270,11 +277,11 @@ static void fold_main(struct sa_cache *c)
 	if (old == &sa_sheaf_sentinel)
 		return;
 	if (pcs_xchg(c, MAIN, old, old->node, &o2)) {
-		sa_sheaf_dispose(c, old);
+		sa_sheaf_dispose_flags(c, old, flags);
 		return;
 	}
 	sa_pcs_fold(c, o2);
-	sa_sheaf_dispose(c, o2);
+	sa_sheaf_dispose_flags(c, o2, flags);
 }
 
 /* Put a full (dir free) or empty (dir alloc) sheaf that just left main somewhere useful. */
@@ -292,11 +299,19 @@ static void place_old_main(struct sa_cache *c, struct sa_sheaf *old, int dir, sa
 	if (dir == DIR_FREE && old->size > 0) {
 		struct sa_barn *b = &c->nodes[old->node]->barn;
 		if (sa_barn_nr_full_racy(b) < c->barn_max_full) {
+			if (!sa_may_block(flags)) { /* try the barn, else the deferred stack */
+				sa_sheaf_dispose_flags(c, old, flags);
+				return;
+			}
 			sa_barn_put_full(b, old);
 			sa_stat_add(c, SA_STAT_BARN_PUT, 1);
 			return;
 		}
 		sa_stat_add(c, SA_STAT_BARN_PUT_FAIL, 1);
+		if (!sa_may_block(flags)) {
+			sa_sheaf_dispose_flags(c, old, flags); /* flushed by the next slow path */
+			return;
+		}
 		sa_sheaf_flush(c, old);
 	}
 	sa_sheaf_dispose_flags(c, old, flags);
@@ -387,23 +402,27 @@ static int refill_main(struct sa_cache *c, sa_flags_t flags)
 	return install_main(c, s, DIR_ALLOC, flags);
 }
 
-static int drain_main(struct sa_cache *c)
+static int drain_main(struct sa_cache *c, sa_flags_t flags)
 {
-	if (use_spare(c, DIR_FREE, 0) == 0)
+	if (use_spare(c, DIR_FREE, flags) == 0)
 		return 0;
-	sa_sheaf_deferred_run(c);
+	if (sa_may_block(flags))
+		sa_sheaf_deferred_run(c);
 	int node = sa_pcs_current_node(c);
-	struct sa_sheaf *s = sa_barn_get_empty(&c->nodes[node]->barn, 0);
+	struct sa_sheaf *s = sa_barn_get_empty(&c->nodes[node]->barn, flags);
 	if (!s)
-		s = sa_sheaf_new(c, c->capacity, node, 0);
+		s = sa_sheaf_new(c, c->capacity, node, flags);
 	if (!s)
 		return -1;
-	return install_main(c, s, DIR_FREE, 0);
+	return install_main(c, s, DIR_FREE, flags);
 }
 
 SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why)
 {
 	void *obj = NULL;
+	flags = sa_flags_effective(flags);
+	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
+		sa_deferred_run();
 	for (int tries = 0; tries < 16; tries++) {
 		switch (why) {
 		case SA_WHY_EMPTY:
@@ -411,7 +430,7 @@ SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int wh
 				goto direct;
 			break;
 		case SA_WHY_FOLD:
-			fold_main(c);
+			fold_main(c, flags);
 			break;
 		case SA_WHY_UNREG:
 			if (sa_pcs_mode != SA_PCS_FALLBACK && !sa_rseq_thread_ready())
@@ -438,14 +457,17 @@ out:
 
 SA_NOINLINE void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int why)
 {
+	sa_flags_t flags = sa_flags_effective(0);
+	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
+		sa_deferred_run();
 	for (int tries = 0; tries < 16; tries++) {
 		switch (why) {
 		case SA_WHY_FULL:
-			if (drain_main(c))
+			if (drain_main(c, flags))
 				goto direct;
 			break;
 		case SA_WHY_FOLD:
-			fold_main(c);
+			fold_main(c, flags);
 			break;
 		case SA_WHY_REMOTE: /* or the slot is stopped */
 			if (node != sa_pcs_current_node(c))

@@ -10,10 +10,18 @@
  * carved and constructed, and is owned by the caller alone; sa_sheaf_alloc only pops from it,
  * so the next n calls succeed with no lock, no system call and no failure, whatever scope or
  * limit is in force then.
+ *
+ * Flags: prefill, refill and return run with the call's flags merged with the scope's
+ * (alloc/scope.h). In a context that may not wait, a sheaf they cannot place without waiting
+ * goes onto the cache's deferred stack (sa_sheaf_dispose_flags) instead of being flushed or
+ * freed. SA_NOFAIL makes a prefill wait for memory (alloc/reclaim.c) instead of failing.
+ * SA_PIN prefills from the cache's pinned companion (alloc/cache.c); refill and return find the
+ * companion from the sheaf.
  */
 #include <errno.h>
 #include <string.h>
 
+#include "alloc/scope.h"
 #include "sheaf/pcs_inline.h"
 
 /* capacity 0: objects[0] is the guard, so a push sees it full and a pop sees it empty */
@@ -154,6 +162,21 @@ void sa_sheaf_dispose(struct sa_cache *c, struct sa_sheaf *s)
 }
 
 /* ------------------------------------------------------------------ public API -------------- */
+/* A sheaf that could not be filled: back (flushed) to where it came from, or, in a context
+ * that may not wait, onto the deferred stack for the next slow path to flush. */
+static void unfilled(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t flags)
+{
+	if (!sa_may_block(flags)) {
+		sa_sheaf_dispose_flags(c, s, flags);
+		return;
+	}
+	sa_sheaf_flush(c, s);
+	if (s->flags & SA_SHEAF_OVERSIZE)
+		sa_sheaf_free(c, s);
+	else
+		sa_sheaf_dispose(c, s);
+}
+
 static struct sa_sheaf *prefill_oversize(struct sa_cache *c, sa_flags_t flags, unsigned count)
 {
 	int node = sa_pcs_current_node(c);
@@ -164,13 +187,20 @@ static struct sa_sheaf *prefill_oversize(struct sa_cache *c, sa_flags_t flags, u
 	while (s->size < count && sa_sheaf_fill(c, s, count, flags))
 		;
 	if (s->size < count) {
-		sa_sheaf_flush(c, s);
-		sa_sheaf_free(c, s);
+		unfilled(c, s, flags);
 		return NULL;
 	}
 	sa_stat_add(c, SA_STAT_PREFILL_OVERSIZE, 1);
 	return s;
 }
+
+/* The cache a sheaf of c's really belongs to: c, or c's pinned companion. */
+static struct sa_cache *owner(struct sa_cache *c, const struct sa_sheaf *s)
+{
+	return s->cache && s->cache->parent == c ? s->cache : c;
+}
+
+static struct sa_sheaf *prefill(struct sa_cache *c, sa_flags_t flags, unsigned count);
 
 SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, unsigned count)
 {
@@ -178,6 +208,33 @@ SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, u
 		errno = EINVAL;
 		return NULL;
 	}
+	flags = sa_flags_effective(flags);
+	if (sa_may_block(flags))
+		sa_deferred_run();
+	if (flags & SA_PIN) {
+		struct sa_cache *p = c->flags & SA_CACHE_PINNED_ ? c : NULL;
+		if (!p) { /* the companion: one pinned allocation makes it */
+			void *obj = sa_cache_alloc(c, (flags | SA_NOWARN) & ~SA_NOFAIL);
+			if (obj)
+				sa_cache_free(c, obj);
+			p = atomic_load_explicit(&c->pinned, memory_order_acquire);
+		}
+		if (!p) {
+			errno = ENOMEM;
+			return NULL;
+		}
+		c = p;
+	}
+	struct sa_sheaf *s = prefill(c, flags, count);
+	for (unsigned round = 0; !s && sa_must_not_fail(flags);) {
+		sa_nofail_wait(flags, c->name, (size_t)count * c->size, &round);
+		s = prefill(c, flags, count);
+	}
+	return s;
+}
+
+static struct sa_sheaf *prefill(struct sa_cache *c, sa_flags_t flags, unsigned count)
+{
 	struct sa_sheaf *s;
 	if (count > c->capacity) {
 		s = prefill_oversize(c, flags, count);
@@ -198,8 +255,7 @@ SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, u
 			sa_stat_add(c, SA_STAT_PREFILL_SLOW, 1);
 			fill_full(c, s, flags);
 			if (s->size < count) {
-				sa_sheaf_flush(c, s);
-				sa_sheaf_dispose(c, s);
+				unfilled(c, s, flags);
 				s = NULL;
 			}
 		} else if (s) {
@@ -208,7 +264,7 @@ SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, u
 	}
 	if (!s) {
 		sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
-		if (!(flags & SA_NOWARN))
+		if (sa_warn(flags) && sa_may_block(flags) && !sa_must_not_fail(flags))
 			sa_msg("sheafalloc: cache '%s': cannot prefill a sheaf of %u objects\n",
 			       c->name, count);
 		errno = ENOMEM;
@@ -247,6 +303,8 @@ SA_API int sa_sheaf_refill(struct sa_cache *c, sa_flags_t flags, struct sa_sheaf
 	struct sa_sheaf *s = *sheafp;
 	if (s->size >= count)
 		return 0;
+	flags = sa_flags_effective(flags);
+	c = owner(c, s);
 	if (count <= s->capacity) {
 		fill_full(c, s, flags);
 		return s->size >= count ? 0 : -ENOMEM;
@@ -263,6 +321,8 @@ SA_API void sa_sheaf_return(struct sa_cache *c, sa_flags_t flags, struct sa_shea
 {
 	if (!c || !s)
 		return;
+	flags = sa_flags_effective(flags);
+	c = owner(c, s);
 	sheaf_account_taken(c, s);
 	s->flags &= ~SA_SHEAF_PREFILLED;
 	if (!(s->flags & SA_SHEAF_OVERSIZE)) {
@@ -274,7 +334,7 @@ SA_API void sa_sheaf_return(struct sa_cache *c, sa_flags_t flags, struct sa_shea
 		struct sa_barn *b = &c->nodes[s->node]->barn;
 		if (sa_barn_nr_full_racy(b) < c->barn_max_full) {
 			fill_full(c, s, flags);
-			if (s->size == s->capacity) {
+			if (s->size == s->capacity && sa_may_block(flags)) {
 				sa_barn_put_full(b, s);
 				sa_stat_add(c, SA_STAT_BARN_PUT, 1);
 				return;
@@ -282,6 +342,10 @@ SA_API void sa_sheaf_return(struct sa_cache *c, sa_flags_t flags, struct sa_shea
 		}
 	} else {
 		sa_stat_add(c, SA_STAT_RETURN_SLOW, 1);
+	}
+	if (!sa_may_block(flags)) { /* the barn if its lock is free, else deferred */
+		sa_sheaf_dispose_flags(c, s, flags);
+		return;
 	}
 	sa_sheaf_flush(c, s);
 	sa_sheaf_free(c, s);

@@ -1,0 +1,82 @@
+/*
+ * alloc/defer.c — frees that a context which may not wait had to put off (docs/design.md §12).
+ *
+ * Owns: the deferred list, a fixed array of tagged pointers (no allocation, no lock): a
+ * NOWAIT free that finds a lock busy (or would need a system call: munmap, madvise) claims an
+ * empty slot with a compare-and-swap and leaves its work there. Whoever next may wait runs
+ * them: the start of a slow path that may block, the end of a NOWAIT scope, sa_trim. An entry
+ * runs on the thread whose exchange took it out of its slot, so each runs exactly once.
+ *
+ * Entry: the pointer with its kind in the low 3 bits (objects are at least 8-byte aligned, unit
+ * records 64-byte aligned). When every slot is taken, the caller does the work itself as a
+ * context that may wait: the one wait left to a NOWAIT free, after SA_DEFER_SLOTS frees were
+ * put off with no slow path in between.
+ */
+#include "alloc/scope.h"
+
+#define SA_DEFER_SLOTS 4096
+
+static uintptr_t _Atomic slots[SA_DEFER_SLOTS];
+_Atomic size_t sa_deferred_n;
+static _Atomic unsigned hint;
+
+static void run_one(uintptr_t e)
+{
+	void *p = (void *)(e & ~(uintptr_t)7);
+	switch ((enum sa_defer_kind)(e & 7)) {
+	case SA_DEFER_FREE:
+		sa_free(p);
+		break;
+	case SA_DEFER_SLAB:
+		sa_slab_release_deferred(p);
+		break;
+	case SA_DEFER_RUN:
+		sa_segment_release_deferred(p);
+		break;
+	}
+}
+
+void sa_defer(void *p, enum sa_defer_kind kind)
+{
+	uintptr_t e = (uintptr_t)p | (uintptr_t)kind;
+	unsigned start = atomic_load_explicit(&hint, memory_order_relaxed);
+	for (unsigned k = 0; k < SA_DEFER_SLOTS; k++) {
+		unsigned i = (start + k) & (SA_DEFER_SLOTS - 1);
+		uintptr_t expect = 0;
+		if (atomic_load_explicit(&slots[i], memory_order_relaxed) == 0 &&
+		    atomic_compare_exchange_strong_explicit(
+			    &slots[i], &expect, e, memory_order_release, memory_order_relaxed)) {
+			atomic_store_explicit(&hint, i + 1, memory_order_relaxed);
+			atomic_fetch_add(&sa_deferred_n, 1);
+			sa_gstat_add(SA_G_DEFERRED, 1);
+			return;
+		}
+	}
+	/* full: do it now, as a context that may wait (the one wait left to a NOWAIT free) */
+	sa_flags_t saved = sa_scope_tls.flags;
+	sa_scope_tls.flags &= ~SA_NOWAIT;
+	run_one(e);
+	sa_scope_tls.flags = saved;
+}
+
+void sa_deferred_run(void)
+{
+	if (!atomic_load_explicit(&sa_deferred_n, memory_order_relaxed))
+		return;
+	if (!sa_may_block(sa_flags_effective(0)))
+		return;
+	for (unsigned i = 0; i < SA_DEFER_SLOTS; i++) {
+		if (!atomic_load_explicit(&slots[i], memory_order_relaxed))
+			continue;
+		uintptr_t e = atomic_exchange_explicit(&slots[i], 0, memory_order_acquire);
+		if (!e)
+			continue;
+		atomic_fetch_sub(&sa_deferred_n, 1);
+		run_one(e);
+	}
+}
+
+size_t sa_deferred_count(void)
+{
+	return atomic_load(&sa_deferred_n);
+}
