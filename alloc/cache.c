@@ -217,7 +217,7 @@ void sa_cache_pinned_atfork(int phase)
 }
 
 /* c's SA_PIN companion, made at the first use (not in a context that may not wait: NULL). */
-static struct sa_cache *pinned_of(struct sa_cache *c, sa_flags_t flags)
+static SA_NOINLINE struct sa_cache *pinned_of(struct sa_cache *c, sa_flags_t flags)
 {
 	if (c->flags & SA_CACHE_PINNED_)
 		return c;
@@ -245,23 +245,29 @@ static struct sa_cache *pinned_of(struct sa_cache *c, sa_flags_t flags)
 	return p;
 }
 
+static SA_COLD void *pinned_missing(struct sa_cache *c, sa_flags_t flags)
+{
+	sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
+	if (sa_warn(flags) && sa_may_block(flags))
+		sa_msg("sheafalloc: cache '%s': no pinned companion cache\n", c->name);
+	errno = ENOMEM;
+	return NULL;
+}
+
 /* Off the plain fast path: a scope is open, or the call asks for SA_ZERO or SA_PIN. */
 SA_NOINLINE void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags)
 {
 	sa_flags_t sf = sa_scope_flags();
-	if (sf)
+	if (sf) {
 		sa_scope_count_alloc(sf);
-	flags = sa_flags_effective(flags);
-	if (flags & SA_PIN) {
+		flags |= sf;
+	}
+	if (flags & SA_NOIO)
+		flags |= SA_NOFS;
+	if (SA_UNLIKELY(flags & SA_PIN)) {
 		struct sa_cache *p = pinned_of(c, flags);
-		if (!p) {
-			sa_stat_add(c, SA_STAT_ALLOC_FAIL, 1);
-			if (sa_warn(flags) && sa_may_block(flags))
-				sa_msg("sheafalloc: cache '%s': no pinned companion cache\n",
-				       c->name);
-			errno = ENOMEM;
-			return NULL;
-		}
+		if (!p)
+			return pinned_missing(c, flags);
 		c = p;
 	}
 	int why = 0;
@@ -418,6 +424,15 @@ SA_API int sa_cache_shrink(struct sa_cache *c)
 	if (p)
 		cache_flush_all(p, 0);
 	return 0;
+}
+
+/* Bytes of free objects in c's per-CPU sheaves (racy: a reclaim's guess whether a drain of c
+ * is worth its fence). */
+size_t sa_cache_cached_bytes_racy(struct sa_cache *c)
+{
+	uint64_t a, f, cached;
+	sa_pcs_stats_racy(c, &a, &f, &cached);
+	return (size_t)cached * c->stride;
 }
 
 /* Reclaim's light pass: the barns' sheaves and the empty slabs, no per-CPU fence. */

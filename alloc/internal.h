@@ -94,11 +94,9 @@ enum sa_stat_item {
 
 /* Process-wide counters of the scope and reclaim layers (struct sa_scope_stats, docs/api.md). */
 enum sa_gstat_item {
-	SA_G_SCOPE_SAVES,	 /* saves that opened a scope */
 	SA_G_SCOPE_REFUSED,	 /* saves refused: a non-scopable flag */
 	SA_G_SCOPE_OUT_OF_ORDER, /* restores out of LIFO order */
 	SA_G_SCOPE_MISUSE,	 /* every scope report (out of order, twice, foreign cookie) */
-	SA_G_SCOPE_SWAPS,	 /* sa_scope_swap calls */
 	SA_G_LIMIT_HITS,	 /* charges the memory limit refused */
 	SA_G_RECLAIM_ROUNDS,	 /* reclaim rounds */
 	SA_G_RECLAIM_BYTES,	 /* bytes reclaim rounds gave back */
@@ -414,6 +412,7 @@ void sa_malloc_totals(struct sa_malloc_totals *t);
 size_t sa_segment_used_bytes(void); /* units handed out (slabs and large blocks), in bytes */
 uint64_t sa_now_ns(void);	    /* CLOCK_MONOTONIC_COARSE, ns (purge and huge-cache ages) */
 size_t sa_segment_purge(int force); /* madvise dirty units: force, all now; else a few more */
+size_t sa_segment_purge_upto(size_t need); /* at once, until need bytes went */
 size_t sa_segment_dirty_bytes(void);
 void sa_segmap_set(const void *seg, int on);
 char *sa_map_aligned(size_t len, size_t align, int prot);
@@ -443,6 +442,8 @@ const char *sa_flags_name(sa_flags_t f, char *buf, size_t len);
 unsigned sa_scope_save_internal(sa_flags_t flags);
 void sa_scope_restore_internal(unsigned cookie);
 uint64_t sa_scope_allocs_under(unsigned bit);
+uint64_t sa_scope_saves_counted(void);
+uint64_t sa_scope_swaps_counted(void);
 
 /* the emergency reserve (alloc/segment.c): pre-mapped, pre-faulted units kept back for
  * allocations that may use it (policy.h); taken and returned without a lock or system call */
@@ -532,6 +533,7 @@ int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s);
 SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *why);
 void sa_cache_topology_changed(struct sa_cache *c);
 void sa_cache_trim_barns(struct sa_cache *c); /* reclaim: barns and empty slabs, no fence */
+size_t sa_cache_cached_bytes_racy(struct sa_cache *c);
 void sa_cache_pinned_atfork(int phase);
 void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags);
 void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why);

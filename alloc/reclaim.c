@@ -84,31 +84,67 @@ SA_API int sa_set_limit(size_t bytes)
 static bool fits(size_t bytes)
 {
 	size_t lim = atomic_load(&limit);
+	if (bytes == SIZE_MAX)
+		return false;
 	return !lim || atomic_load(&held) + bytes <= lim;
 }
 
 /* ------------------------------------------------------------------ our own memory ---------- */
-/* Flush barns (or, with all, every sheaf) and empty slabs of every cache; unmap cached huge
- * mappings; purge; unmap wholly free segments. Returns the bytes held went down by. */
-static size_t give_back_own(bool all, bool purge)
+/*
+ * Give back our own free memory, in steps of growing cost, until `need` more bytes fit under
+ * the limit (SIZE_MAX: everything):
+ *   0. cached huge mappings, and dirty free units purged as far as needed
+ *   1. the barns' sheaves and every cache's empty slabs (their units become dirty), purged
+ *   2. every per-CPU sheaf too (sa_cache_shrink: a fence per cache), purged; free segments
+ *      unmapped
+ * A step that frees units and a purge that drops their pages are one round of work: only the
+ * pages purged lower held. Returns the bytes held went down by.
+ */
+static size_t give_back_own(size_t need, int upto_step)
 {
 	size_t before = atomic_load(&held);
 	pthread_mutex_lock(&reclaim_lock);
-	pthread_mutex_lock(&sa_caches_lock);
-	for (struct sa_cache *c = sa_caches; c; c = c->next) {
-		if (all)
-			sa_cache_shrink(c);
-		else
-			sa_cache_trim_barns(c);
-	}
-	pthread_mutex_unlock(&sa_caches_lock);
 	sa_malloc_huge_cache_drop();
+	for (int step = 0; step <= upto_step && !fits(need); step++) {
+		if (step >= 1) {
+			pthread_mutex_lock(&sa_caches_lock);
+			for (struct sa_cache *c = sa_caches; c; c = c->next) {
+				if (step == 1)
+					sa_cache_trim_barns(c);
+				else if (sa_cache_cached_bytes_racy(c) >= SA_UNIT_SIZE)
+					sa_cache_shrink(c); /* a fence: only where it pays */
+			}
+			pthread_mutex_unlock(&sa_caches_lock);
+		}
+		/* what is missing, and some more: the next allocations should not all come back
+		 * here one unit at a time (the kernel reclaims to a high watermark too) */
+		size_t lim = atomic_load(&limit), now = atomic_load(&held);
+		size_t want = need == SIZE_MAX || !lim ? SIZE_MAX
+			      : now + need > lim       ? now + need - lim + lim / 32
+						       : 0;
+		if (want)
+			sa_segment_purge_upto(want);
+		if (step == 2)
+			sa_segment_unmap_free();
+	}
+	pthread_mutex_unlock(&reclaim_lock);
+	size_t after = atomic_load(&held);
+	return before > after ? before - after : 0;
+}
+
+/* Everything, purge or not (address space after a failed mapping needs the unmapping only). */
+static void give_back_all(bool purge)
+{
+	pthread_mutex_lock(&reclaim_lock);
+	sa_malloc_huge_cache_drop();
+	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache *c = sa_caches; c; c = c->next)
+		sa_cache_shrink(c);
+	pthread_mutex_unlock(&sa_caches_lock);
 	if (purge)
 		sa_segment_purge(1);
 	sa_segment_unmap_free();
 	pthread_mutex_unlock(&reclaim_lock);
-	size_t after = atomic_load(&held);
-	return before > after ? before - after : 0;
 }
 
 /* ------------------------------------------------------------------ shrinkers --------------- */
@@ -261,8 +297,10 @@ bool sa_reclaim_map_failed(sa_flags_t flags)
 		return false;
 	sa_in_reclaim = 1;
 	sa_gstat_add(SA_G_RECLAIM_ROUNDS, 1);
-	size_t got = give_back_own(true, false);
-	sa_gstat_add(SA_G_RECLAIM_BYTES, got);
+	size_t before = atomic_load(&held);
+	give_back_all(false);
+	size_t after = atomic_load(&held);
+	sa_gstat_add(SA_G_RECLAIM_BYTES, before > after ? before - after : 0);
 	sa_in_reclaim = 0;
 	return true;
 }
@@ -273,11 +311,9 @@ bool sa_reclaim_for_limit(size_t bytes, sa_flags_t flags)
 		return false;
 	sa_in_reclaim = 1;
 	sa_gstat_add(SA_G_RECLAIM_ROUNDS, 1);
-	size_t got = give_back_own(false, true);
-	if (!fits(bytes))
-		got += give_back_own(true, true);
+	size_t got = give_back_own(bytes, 2);
 	if (!fits(bytes) && run_shrinkers(flags))
-		got += give_back_own(true, true);
+		got += give_back_own(bytes, 2);
 	sa_gstat_add(SA_G_RECLAIM_BYTES, got);
 	sa_in_reclaim = 0;
 	return got > 0 || fits(bytes);
@@ -342,7 +378,7 @@ SA_API void sa_trim(void)
 		return;
 	sa_in_reclaim = 1;
 	sa_deferred_run();
-	give_back_own(true, true);
+	give_back_all(true);
 	sa_in_reclaim = 0;
 }
 

@@ -57,26 +57,60 @@ static inline void publish(struct sa_scope_rec *r)
 }
 
 /* ------------------------------------------------------------------ statistics -------------- */
-#define STRIPES 64 /* counters of allocations under a scope, striped by CPU */
-static _Atomic uint64_t scoped_allocs[STRIPES][16] __attribute__((aligned(SA_CACHELINE)));
+/*
+ * Counters of allocations made under a scope (per flag), saves and swaps: per thread, so a
+ * scoped allocation pays a plain increment, not an atomic one. A thread claims a slot of
+ * counters at its first count (an atomic increment of cslots_used); the slot stays its own and
+ * keeps its counts after the thread exits (there is no exit hook that works without
+ * allocating). Past CSLOTS threads, the rest share the last slot, whose counts are then
+ * approximate (plain increments from several threads can lose some).
+ * Only the owning thread writes a private slot (relaxed load and store); readers sum racily.
+ */
+#define CSLOTS 256
+struct cslot {
+	_Atomic uint64_t n[SA_SCOPE_COUNTERS];
+} __attribute__((aligned(SA_CACHELINE)));
+static struct cslot cslots[CSLOTS + 1]; /* [CSLOTS]: shared by the threads beyond */
+static _Atomic unsigned cslots_used;
 
-void sa_scope_count_alloc(sa_flags_t sf)
+_Atomic uint64_t *sa_scope_claim_counters(void)
 {
-	unsigned s = (unsigned)sa_pcs_current_cpu() & (STRIPES - 1);
-	while (sf) {
-		unsigned b = (unsigned)__builtin_ctz(sf);
-		atomic_fetch_add_explicit(&scoped_allocs[s][b], 1, memory_order_relaxed);
-		sf &= sf - 1;
-	}
+	unsigned k = atomic_fetch_add_explicit(&cslots_used, 1, memory_order_relaxed);
+	_Atomic uint64_t *n = cslots[k < CSLOTS ? k : CSLOTS].n;
+	sa_scope_tls.counts = n;
+	return n;
+}
+
+static inline void count(unsigned i)
+{
+	_Atomic uint64_t *n = sa_scope_tls.counts;
+	if (SA_UNLIKELY(!n))
+		n = sa_scope_claim_counters();
+	sa_scope_bump(n, i);
+}
+
+static uint64_t counted(unsigned i)
+{
+	uint64_t t = 0;
+	for (unsigned k = 0; k <= CSLOTS; k++)
+		t += atomic_load_explicit(&cslots[k].n[i], memory_order_relaxed);
+	return t;
 }
 
 /* allocations made under a scope holding flag bit b */
 uint64_t sa_scope_allocs_under(unsigned b)
 {
-	uint64_t t = 0;
-	for (unsigned s = 0; s < STRIPES; s++)
-		t += atomic_load_explicit(&scoped_allocs[s][b], memory_order_relaxed);
-	return t;
+	return b < 9 ? counted(b) : 0;
+}
+
+uint64_t sa_scope_saves_counted(void)
+{
+	return counted(SA_SCOPE_C_SAVES);
+}
+
+uint64_t sa_scope_swaps_counted(void)
+{
+	return counted(SA_SCOPE_C_SWAPS);
 }
 
 /* ------------------------------------------------------------------ misuse reports ---------- */
@@ -183,7 +217,7 @@ static unsigned scope_save(sa_flags_t flags, const void *site)
 		r->flags |= add;
 		publish(r);
 	}
-	sa_gstat_add(SA_G_SCOPE_SAVES, 1);
+	count(SA_SCOPE_C_SAVES);
 	return (depth & COOKIE_DEPTHMASK) << COOKIE_BITS | add;
 }
 
@@ -359,7 +393,7 @@ SA_API struct sa_scope_state *sa_scope_swap(struct sa_scope_state *s)
 	struct sa_scope_rec *r = (struct sa_scope_rec *)s;
 	sa_scope_tls.cur = r;
 	publish(r ? r : &sa_scope_tls.own);
-	sa_gstat_add(SA_G_SCOPE_SWAPS, 1);
+	count(SA_SCOPE_C_SWAPS);
 	if ((prev ? ((struct sa_scope_rec *)prev)->flags : sa_scope_tls.own.flags) & SA_NOWAIT &&
 	    !(sa_scope_tls.flags & SA_NOWAIT))
 		sa_deferred_run();

@@ -28,10 +28,17 @@ struct sa_scope_rec {
 	uint32_t early[SA_SCOPE_MAX_EARLY]; /* depths restored early, ascending */
 };
 
+/* per-thread counters (alloc/scope.c): [flag bit] allocations under a scope with it, saves,
+ * swaps */
+#define SA_SCOPE_C_SAVES  9
+#define SA_SCOPE_C_SWAPS  10
+#define SA_SCOPE_COUNTERS 11
+
 struct sa_scope_tls {
 	sa_flags_t flags; /* == cur()->flags: what the fast paths read */
 	uint32_t pad;
 	struct sa_scope_rec *cur; /* NULL: &own */
+	_Atomic uint64_t *counts; /* this thread's counters, claimed at first use */
 	struct sa_scope_rec own;
 };
 
@@ -54,7 +61,24 @@ static inline sa_flags_t sa_flags_effective(sa_flags_t flags)
 	return flags;
 }
 
-/* Count an allocation made under scope flags sf (sf != 0), per flag (alloc/scope.c). */
-void sa_scope_count_alloc(sa_flags_t sf);
+_Atomic uint64_t *sa_scope_claim_counters(void);
+
+/* Only the owning thread writes its counters: a plain increment (relaxed load and store). */
+static inline void sa_scope_bump(_Atomic uint64_t *n, unsigned i)
+{
+	atomic_store_explicit(&n[i], atomic_load_explicit(&n[i], memory_order_relaxed) + 1,
+			      memory_order_relaxed);
+}
+
+/* Count an allocation made under scope flags sf (sf != 0), once per flag. */
+static inline void sa_scope_count_alloc(sa_flags_t sf)
+{
+	_Atomic uint64_t *n = sa_scope_tls.counts;
+	if (SA_UNLIKELY(!n))
+		n = sa_scope_claim_counters();
+	do
+		sa_scope_bump(n, (unsigned)__builtin_ctz(sf));
+	while ((sf &= sf - 1) != 0);
+}
 
 #endif

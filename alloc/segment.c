@@ -190,24 +190,40 @@ static int find_run(uint64_t m, unsigned n)
 	return r ? __builtin_ctzll(r) : -1;
 }
 
-/* Take a run of units from seg (locked); *dirty counts those of it that were dirty (held
- * already: the caller gives back that part of its charge). */
-static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units, unsigned *dirty)
+/* Take a run of units from seg (locked), a dirty one if there is (its pages are resident and
+ * held already: no new charge, no page faults); *dirty gets the mask of the dirty units taken. */
+static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units, uint64_t *dirty)
 {
-	int at = find_run(seg->free_units, units);
+	int at = find_run(seg->free_units & seg->dirty_units, units);
+	if (at < 0)
+		at = find_run(seg->free_units, units);
 	if (at < 0)
 		return NULL;
-	uint64_t mask = unit_mask(at, units);
+	uint64_t mask = unit_mask((unsigned)at, units);
 	seg->free_units &= ~mask;
 	seg->nfree -= units;
 	atomic_fetch_add(&units_used, units);
-	uint64_t was_dirty = seg->dirty_units & mask;
-	*dirty = (unsigned)__builtin_popcountll(was_dirty);
-	if (was_dirty) {
+	*dirty = seg->dirty_units & mask;
+	if (*dirty) {
 		seg->dirty_units &= ~mask;
-		atomic_fetch_sub(&dirty_bytes, (uint64_t)*dirty * SA_UNIT_SIZE);
+		atomic_fetch_sub(&dirty_bytes,
+				 (uint64_t)__builtin_popcountll(*dirty) * SA_UNIT_SIZE);
 	}
 	return &seg->slabs[at];
+}
+
+/* Undo take_locked (the limit refused the charge of the run's clean units). */
+static void untake(struct sa_pages *pg, struct sa_slab *s, unsigned units, uint64_t dirty)
+{
+	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)s & ~(SA_SEG_SIZE - 1));
+	uint64_t mask = unit_mask((unsigned)(s - seg->slabs), units);
+	pthread_mutex_lock(&pg->lock);
+	seg->free_units |= mask;
+	seg->dirty_units |= dirty;
+	seg->nfree += units;
+	pthread_mutex_unlock(&pg->lock);
+	atomic_fetch_sub(&units_used, units);
+	atomic_fetch_add(&dirty_bytes, (uint64_t)__builtin_popcountll(dirty) * SA_UNIT_SIZE);
 }
 
 /* Units [at, at + units) of seg become free (dirty) in its bitmap. false: nowait and the lock
@@ -379,10 +395,11 @@ static void purge_tick(void)
 
 /*
  * A run of `units` units on node, for a slab or a large block, or NULL. Order: this CPU's stash
- * (dirty units, held already), then the node's segments, then a new segment. Clean units are
- * charged against the limit first (sa_held_charge); a refused charge reclaims as the flags
- * allow and looks again, once; a failed mapping does the same. Last, for flags that may, the
- * emergency reserve. Under SA_NOWAIT: try-locks only, no purge, no mapping.
+ * (dirty units), then the node's segments (dirty runs first), then a new segment. Units that
+ * were dirty are held already; the clean ones are charged against the limit after the take
+ * (sa_held_charge), and a refused charge puts the run back, reclaims as the flags allow and
+ * looks again, once; a failed mapping does the same. Last, for flags that may, the emergency
+ * reserve. Under SA_NOWAIT: try-locks only, no purge, no mapping.
  * The caller holds no allocator lock (reclaim may run here).
  */
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
@@ -392,26 +409,16 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 	if (units == 0 || units >= SA_UNITS_PER_SEG || node < 0 || node >= SA_MAX_NODES)
 		return NULL;
 	struct sa_pages *pg = &pages[node];
-	size_t bytes = (size_t)units * SA_UNIT_SIZE;
 	bool nowait = !sa_may_block(flags), map_retried = false, limit_retried = false;
-	unsigned dirty = 0;
+	uint64_t dirty = 0;
 	struct sa_slab *s;
 again:
 	s = stash_take(node, units);
 	if (s)
 		goto found;
-	if (!sa_held_charge(bytes)) { /* the limit: reclaim, then once more */
-		if (!limit_retried && sa_reclaim_for_limit(bytes, flags)) {
-			limit_retried = true;
-			goto again;
-		}
-		goto reserve;
-	}
 	if (nowait) {
-		if (pthread_mutex_trylock(&pg->lock) != 0) {
-			sa_held_sub(bytes);
+		if (pthread_mutex_trylock(&pg->lock) != 0)
 			goto reserve;
-		}
 	} else {
 		pthread_mutex_lock(&pg->lock);
 	}
@@ -421,19 +428,25 @@ again:
 	pthread_mutex_unlock(&pg->lock);
 	if (!nowait)
 		purge_tick();
+	size_t clean = 0;
 	if (s) {
-		sa_held_sub((size_t)dirty * SA_UNIT_SIZE);
-		goto found;
+		clean = (size_t)(units - (unsigned)__builtin_popcountll(dirty)) * SA_UNIT_SIZE;
+		if (!clean || sa_held_charge(clean))
+			goto found;
+		untake(pg, s, units, dirty);
+		s = NULL;
+		goto limit;
 	}
-	if (nowait) {
-		sa_held_sub(bytes);
+	if (nowait)
 		goto reserve;
-	}
+	clean = (size_t)units * SA_UNIT_SIZE;
+	if (!sa_held_charge(clean))
+		goto limit;
 	struct sa_segment *seg = segment_map(node, bind_failures);
 	if (!seg) {
 		/* out of address space (RLIMIT_AS) or memory: give back what the caches,
 		 * stashes and free segments hold, then look again, once */
-		sa_held_sub(bytes);
+		sa_held_sub(clean);
 		if (!map_retried && sa_reclaim_map_failed(flags)) {
 			map_retried = true;
 			goto again;
@@ -446,6 +459,11 @@ again:
 	pg->segs = seg;
 	pthread_mutex_unlock(&pg->lock);
 	goto found;
+limit: /* the limit is in the way: reclaim, then once more */
+	if (!limit_retried && sa_reclaim_for_limit(clean, flags)) {
+		limit_retried = true;
+		goto again;
+	}
 reserve:
 	if (!sa_may_use_reserve(flags) || !(s = sa_reserve_take_units(units)))
 		return NULL;
@@ -679,22 +697,35 @@ static void purge_lock(void)
 	}
 }
 
+/* Purge dirty free units at once until at least `need` bytes went (or none is left): reclaim
+ * under the memory limit asks for what it needs, sa_trim for everything. Returns bytes. */
+size_t sa_segment_purge_upto(size_t need)
+{
+	pthread_once(&pages_once, pages_init);
+	size_t total = 0;
+	unsigned calls = 0;
+	purge_lock(); /* walks the lists: no segment may be unmapped meanwhile */
+	atomic_store(&last_purge_ns, sa_now_ns());
+	stash_drain_all();
+	for (int n = 0; n < SA_MAX_NODES && total < need; n++) {
+		for (struct sa_segment *seg = node_head(n); seg;) {
+			total += purge_segment(&pages[n], seg, &seg, &calls);
+			if (total >= need)
+				break;
+		}
+	}
+	atomic_store(&purge_busy, 0);
+	return total;
+}
+
 /* Purge dirty free units: all of them (force), or the next few of a round. Returns bytes. */
 size_t sa_segment_purge(int force)
 {
 	pthread_once(&pages_once, pages_init);
 	size_t total = 0;
 	unsigned calls = 0;
-	if (force) {
-		purge_lock(); /* walks the lists: no segment may be unmapped meanwhile */
-		atomic_store(&last_purge_ns, sa_now_ns());
-		stash_drain_all();
-		for (int n = 0; n < SA_MAX_NODES; n++)
-			for (struct sa_segment *seg = node_head(n); seg;)
-				total += purge_segment(&pages[n], seg, &seg, &calls);
-		atomic_store(&purge_busy, 0);
-		return total;
-	}
+	if (force)
+		return sa_segment_purge_upto(SIZE_MAX);
 	if (atomic_exchange(&purge_busy, 1))
 		return 0;
 	atomic_store(&last_purge_ns, sa_now_ns());

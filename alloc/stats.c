@@ -98,11 +98,11 @@ SA_API int sa_scope_stats(struct sa_scope_stats *o)
 	o->high_allocs = sa_scope_allocs_under(7);
 	o->pin_allocs = sa_scope_allocs_under(8);
 #define G(i) atomic_load_explicit(&sa_gstat[i], memory_order_relaxed)
-	o->scope_saves = G(SA_G_SCOPE_SAVES);
+	o->scope_saves = sa_scope_saves_counted();
 	o->scopes_refused = G(SA_G_SCOPE_REFUSED);
 	o->scopes_out_of_order = G(SA_G_SCOPE_OUT_OF_ORDER);
 	o->scope_misuse = G(SA_G_SCOPE_MISUSE);
-	o->scope_swaps = G(SA_G_SCOPE_SWAPS);
+	o->scope_swaps = sa_scope_swaps_counted();
 	o->limit_hits = G(SA_G_LIMIT_HITS);
 	o->reclaim_rounds = G(SA_G_RECLAIM_ROUNDS);
 	o->reclaim_bytes = G(SA_G_RECLAIM_BYTES);
