@@ -160,6 +160,7 @@ static struct sa_cache *cache_create(const char *name, size_t size,
 	c->capacity = capacity;
 	c->stride_recip = ((1ull << SA_RECIP_SHIFT) + stride - 1) / stride;
 	c->flags = args->flags | internal;
+	sa_rcu_cache_init(c, args->rcu);
 	c->ctor = args->ctor;
 	c->slab_units = (uint32_t)units;
 	c->slab_objs = (uint32_t)(units * SA_UNIT_SIZE / stride);

@@ -33,6 +33,9 @@ static void run_one(uintptr_t e)
 	case SA_DEFER_RUN:
 		sa_segment_release_deferred(p);
 		break;
+	case SA_DEFER_RCU:
+		sa_free_rcu(p);
+		break;
 	}
 }
 

@@ -99,6 +99,9 @@ static void atfork_prepare(void)
 	if (__atomic_fetch_add(&fork_depth, 1, __ATOMIC_RELAXED) > 0 || __libc_single_threaded)
 		return;
 	fork_locked = true;
+	/* the RCU thread's batch first: it may wait for a grace period, and a reader may be
+	 * inside stdio meanwhile (which the list lock would block) */
+	sa_rcu_atfork(0);
 	fork_stdio_locked = _IO_list_lock && _IO_list_unlock && _IO_list_resetlock;
 	if (fork_stdio_locked)
 		_IO_list_lock();
@@ -118,15 +121,17 @@ static void atfork_prepare(void)
 	sa_malloc_atfork(0);
 	sa_segment_atfork(0);
 	sa_meta_atfork(0);
+	sa_rcu_atfork(1);
 }
 
 /* Release every allocator lock; true if prepare took them (and the stdio list lock's state is
  * left to the caller). */
-static bool release_locks(void)
+static bool release_locks(bool child)
 {
 	if (__atomic_sub_fetch(&fork_depth, 1, __ATOMIC_RELAXED) > 0 || !fork_locked)
 		return false;
 	fork_locked = false;
+	sa_rcu_atfork(child ? 3 : 2);
 	sa_meta_atfork(1);
 	sa_segment_atfork(1);
 	sa_malloc_atfork(1);
@@ -148,7 +153,7 @@ static bool release_locks(void)
 
 static void atfork_parent(void)
 {
-	if (release_locks() && fork_stdio_locked)
+	if (release_locks(false) && fork_stdio_locked)
 		_IO_list_unlock(); /* glibc released its own (recursive) hold already */
 }
 
@@ -156,7 +161,7 @@ static void atfork_child(void)
 {
 	/* glibc resets the list lock in a multi-threaded child before the child handlers run;
 	 * resetting again covers the case where it did not take it: we are the only thread */
-	if (release_locks() && fork_stdio_locked)
+	if (release_locks(true) && fork_stdio_locked)
 		_IO_list_resetlock();
 }
 

@@ -89,6 +89,12 @@ enum sa_stat_item {
 	SA_STAT_SLAB_ALLOC,	     /* slabs created */
 	SA_STAT_SLAB_FREE,	     /* slabs released to the page layer */
 	SA_STAT_REMOTE_FENCE,	     /* remote slot rounds (one membarrier each in rseq mode) */
+	SA_STAT_RCU_QUEUED,	     /* objects of rcu sheaves submitted for a grace period */
+	SA_STAT_RCU_SUBMITTED,	     /* rcu sheaves submitted */
+	SA_STAT_RCU_CALLBACKS,	     /* rcu sheaves processed after their grace period */
+	SA_STAT_RCU_FREED,	     /* objects freed after their grace period */
+	SA_STAT_RCU_DEFERRED,	     /* sa_free_rcu calls a NOWAIT context had to defer */
+	SA_STAT_RCU_SLABS_DELAYED,   /* typesafe: slab releases delayed by a grace period */
 	SA_NR_STATS
 };
 
@@ -148,6 +154,7 @@ struct sa_sheaf {
 };
 #define SA_SHEAF_OVERSIZE	 1u /* capacity differs from the cache's: flushed and freed on return */
 #define SA_SHEAF_PREFILLED	 2u /* held by a user through the sheaf API */
+#define SA_SHEAF_RCU		 4u /* holds sa_free_rcu objects waiting for a grace period */
 #define SA_SHEAF_HDR		 56
 #define SA_SHEAF_GUARD		 ((void *)1) /* never an object: objects are at least 8-aligned */
 #define SA_SHEAF_BYTES(capacity) (SA_SHEAF_HDR + ((size_t)(capacity) + 1) * sizeof(void *))
@@ -177,7 +184,7 @@ struct sa_pcs_slot {
 	uint32_t pad0;
 	uint64_t top;		/* owner: &sh[0]->objects[size] | ops << SA_TOP_OPS_SHIFT */
 	struct sa_sheaf *sh[2]; /* owner CPU (rseq) / lock (fallback) */
-	struct sa_sheaf *rcu;	/* reserved for sa_free_rcu batching */
+	struct sa_sheaf *rcu;	/* owner CPU (rseq) / lock: sa_free_rcu's sheaf (alloc/rcu.c) */
 	uint64_t pad[2];
 } __attribute__((aligned(SA_CACHELINE)));
 _Static_assert(sizeof(struct sa_pcs_slot) == 64, "slot is one line");
@@ -204,6 +211,8 @@ static inline uint64_t sa_top_to_state(const struct sa_sheaf *s, uint64_t top)
 }
 _Static_assert(offsetof(struct sa_pcs_slot, sh) == 24, "asm offsets");
 _Static_assert(offsetof(struct sa_pcs_slot, node) == 4, "asm offsets");
+_Static_assert(offsetof(struct sa_pcs_slot, rcu) == 40, "asm offsets");
+_Static_assert(offsetof(struct sa_sheaf, capacity) == 8, "asm offsets");
 
 /* ---------------------------------------------------------------- barns (barn/) ------------- */
 struct sa_barn {
@@ -290,8 +299,9 @@ struct sa_cache {
 	pthread_mutex_t drain_lock; /* serializes remote work on the slots (shrink, destroy) */
 	struct sa_sheaf
 		*_Atomic deferred; /* sheaves a SA_NOWAIT path could not place (atomic push) */
-	struct sa_cache *_Atomic pinned; /* SA_PIN companion (same objects, mlock'ed slabs) */
-	struct sa_cache *parent;	 /* of a companion: the cache it pins for */
+	struct sa_cache *_Atomic pinned;     /* SA_PIN companion (same objects, mlock'ed slabs) */
+	struct sa_cache *parent;	     /* of a companion: the cache it pins for */
+	const struct rcu_flavor_struct *rcu; /* sa_free_rcu's grace periods (liburcu flavor) */
 	struct sa_cache_node *nodes[SA_MAX_NODES];
 	char name[64];
 	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
@@ -459,6 +469,7 @@ enum sa_defer_kind {
 	SA_DEFER_FREE = 0, /* sa_free(p): an object or a block */
 	SA_DEFER_SLAB = 1, /* release the slab whose head record is p */
 	SA_DEFER_RUN = 2,  /* give the unit run whose head record is p back */
+	SA_DEFER_RCU = 3,  /* sa_free_rcu(p): queue it for a grace period */
 };
 void sa_defer(void *p, enum sa_defer_kind kind);
 void sa_deferred_run(void);
@@ -478,7 +489,9 @@ unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned 
 unsigned sa_slab_free_batch_try(struct sa_cache *c, int node, void **objs, unsigned n);
 void sa_slab_free_one(struct sa_cache *c, void *obj);
 void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
-void sa_slab_release_deferred(struct sa_slab *head); /* SA_DEFER_SLAB */
+void sa_slab_release_deferred(struct sa_slab *head);			     /* SA_DEFER_SLAB */
+void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s);	     /* release it now */
+bool sa_slab_obj_ok(struct sa_cache *c, struct sa_slab *s, const void *obj); /* a boundary? */
 bool sa_pin_range(void *p, size_t len);		 /* mlock for SA_PIN; reports the first failure */
 uint64_t sa_slab_inuse_racy(struct sa_cache *c); /* objects out of slabs (in use + cached) */
 
@@ -527,6 +540,10 @@ void sa_rseq_fence_all(void);
 void sa_pcs_fold(struct sa_cache *c, struct sa_sheaf *s);
 void sa_pcs_stats_racy(struct sa_cache *c, uint64_t *allocs, uint64_t *frees, uint64_t *cached);
 struct sa_sheaf *sa_pcs_take_spare(struct sa_cache *c);
+int sa_pcs_rcu_push(struct sa_cache *c, void *obj, sa_flags_t flags);
+int sa_pcs_rcu_xchg(struct sa_cache *c, struct sa_sheaf *nw, struct sa_sheaf **oldp);
+uint64_t sa_pcs_rcu_waiting_racy(struct sa_cache *c);
+struct sa_sheaf *sa_pcs_drain_rcu(struct sa_cache *c);
 int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s);
 
 /* cache internals (alloc/cache.c) */
@@ -538,8 +555,19 @@ void sa_cache_pinned_atfork(int phase);
 void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags);
 void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why);
 
+/* RCU-deferred frees (alloc/rcu.c) */
+void sa_rcu_submit(struct sa_cache *c, struct sa_sheaf *s); /* a sheaf of sa_free_rcu objects */
+bool sa_rcu_slab_release(struct sa_cache *c, struct sa_slab *s); /* typesafe: after a GP */
+void sa_rcu_kick(void);	      /* start or wake the RCU thread (not in a NOWAIT context) */
+void sa_rcu_submit_all(void); /* every CPU's partial rcu sheaves, now (sa_trim) */
+void sa_rcu_atfork(int phase);
+void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavor);
+
 /* malloc front end (alloc/malloc.c) */
 void sa_malloc_init(void);
+bool sa_malloc_marker(const struct sa_cache *c); /* the large or huge blocks' marker cache */
+struct sa_cache *sa_rcu_block_cache(void);
+bool sa_rcu_block_ok(struct sa_cache *c, struct sa_slab *s, const void *obj);
 int sa_free_unknown(void *p);
 void *sa_valloc(size_t size);
 void *sa_pvalloc(size_t size);

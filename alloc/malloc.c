@@ -250,6 +250,27 @@ static size_t aligned_huge_find(const void *p, int unlink)
 	return len;
 }
 
+bool sa_malloc_marker(const struct sa_cache *c)
+{
+	return c && (c == sa_large_cache || c == sa_huge_cache);
+}
+
+/* The cache whose rcu sheaves carry large and huge blocks to their grace period. */
+struct sa_cache *sa_rcu_block_cache(void)
+{
+	return sa_class_cache[0];
+}
+
+/* Is obj where an object of c, or a block, starts? (a free of anything else is bad) */
+bool sa_rcu_block_ok(struct sa_cache *c, struct sa_slab *s, const void *obj)
+{
+	if (c == sa_large_cache)
+		return large_is_start(s, obj);
+	if (c == sa_huge_cache)
+		return huge_is_start(obj);
+	return sa_slab_obj_ok(c, s, obj);
+}
+
 /* sa_free of a pointer the segment map does not know: 1 if it was a block of ours. */
 int sa_free_unknown(void *p)
 {

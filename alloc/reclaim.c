@@ -378,6 +378,7 @@ SA_API void sa_trim(void)
 		return;
 	sa_in_reclaim = 1;
 	sa_deferred_run();
+	sa_rcu_submit_all(); /* partial rcu sheaves go to their grace period now */
 	give_back_all(true);
 	sa_in_reclaim = 0;
 }

@@ -50,6 +50,12 @@ static uint32_t obj_index(const struct sa_cache *c, const struct sa_slab *s, con
 	return (uint32_t)i;
 }
 
+bool sa_slab_obj_ok(struct sa_cache *c, struct sa_slab *s, const void *obj)
+{
+	struct sa_slab *h = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+	return h && obj_index(c, h, obj) != UINT32_MAX;
+}
+
 static void partial_add_locked(struct sa_cache_node *n, struct sa_slab *s, bool head)
 {
 	s->on_partial = 1;
@@ -186,12 +192,9 @@ static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 	return s;
 }
 
-static void slab_release(struct sa_cache *c, struct sa_slab *s)
+/* The slab's memory goes back to the page layer: its bitmap, mlock, units. */
+void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s)
 {
-	if (!sa_may_block(sa_flags_effective(0))) { /* meta and page locks, munlock: later */
-		sa_defer(s, SA_DEFER_SLAB);
-		return;
-	}
 	sa_stat_add(c, SA_STAT_SLAB_FREE, 1);
 	if (!slab_in_reserve(s))
 		sa_meta_free(s->bits, bitmap_bytes(s->nobjs));
@@ -199,6 +202,20 @@ static void slab_release(struct sa_cache *c, struct sa_slab *s)
 	if (s->flags & SA_SLAB_PINNED)
 		munlock(sa_slab_base(s), (size_t)s->nunits * SA_UNIT_SIZE);
 	sa_segment_free_units(s);
+}
+
+/* An emptied slab leaves its cache: at once, or (SA_CACHE_TYPESAFE_RCU) after a grace period,
+ * so that a reader inside a read-side section never sees its memory change type; in a context
+ * that may not wait, later (alloc/defer.c). */
+static void slab_release(struct sa_cache *c, struct sa_slab *s)
+{
+	if (!sa_may_block(sa_flags_effective(0))) { /* meta and page locks, munlock: later */
+		sa_defer(s, SA_DEFER_SLAB);
+		return;
+	}
+	if (sa_rcu_slab_release(c, s))
+		return;
+	sa_slab_release_after_gp(c, s);
 }
 
 void sa_slab_release_deferred(struct sa_slab *head)

@@ -205,6 +205,15 @@ struct sa_cache_stats {
 	uint64_t objects_cached; /* free objects sitting in sheaves (per-CPU, barns) */
 	uint32_t object_size;	 /* bytes between objects */
 	uint32_t sheaf_capacity;
+	/* sa_free_rcu (docs/design.md §13); large and huge blocks count in the smallest malloc
+	 * class's cache, whose rcu sheaves carry them */
+	uint64_t rcu_queued;	    /* objects submitted for a grace period (in rcu sheaves) */
+	uint64_t rcu_sheaves;	    /* rcu sheaves submitted */
+	uint64_t rcu_callbacks;	    /* rcu sheaves processed after their grace period */
+	uint64_t rcu_freed;	    /* objects freed after their grace period */
+	uint64_t rcu_deferred;	    /* sa_free_rcu calls a NOWAIT context had to put off */
+	uint64_t rcu_slabs_delayed; /* SA_CACHE_TYPESAFE_RCU: slab releases held for a GP */
+	uint64_t rcu_waiting;	    /* gauge: objects queued and not freed yet, per-CPU too */
 };
 int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *out);
 

@@ -491,6 +491,96 @@ direct:
 	sa_slab_free_one(c, obj);
 }
 
+/* ------------------------------------------------------------------ the rcu sheaf ------------ */
+/* sa_free_rcu's push in either mode: 0, or why not (SA_WHY_FULL / UNREG / STOPPED). */
+int sa_pcs_rcu_push(struct sa_cache *c, void *obj, sa_flags_t flags)
+{
+	SA_TSAN_RELEASE(obj);
+	if (sa_pcs_mode == SA_PCS_FALLBACK) {
+		(void)flags;
+		struct sa_pcs_slot *slot = fb_lock(c);
+		struct sa_sheaf *s = slot->rcu;
+		int r = SA_WHY_FULL;
+		if (s->size < s->capacity) {
+			s->objects[s->size] = obj;
+			__atomic_store_n(&s->size, s->size + 1, __ATOMIC_RELAXED);
+			r = 0;
+		}
+		spin_unlock(&slot->lock);
+		return r;
+	}
+	int r = sa_rseq_rcu_push(c->slots, sa_rseq_off, obj);
+	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
+		r = sa_rseq_rcu_push(c->slots, sa_rseq_off, obj);
+	return r;
+}
+
+/* Install nw as this CPU's rcu sheaf; the old one (owned by the caller now) in *oldp. */
+int sa_pcs_rcu_xchg(struct sa_cache *c, struct sa_sheaf *nw, struct sa_sheaf **oldp)
+{
+	if (sa_pcs_mode == SA_PCS_FALLBACK) {
+		struct sa_pcs_slot *slot = fb_lock(c);
+		*oldp = slot->rcu;
+		__atomic_store_n(&slot->rcu, nw, __ATOMIC_RELAXED);
+		spin_unlock(&slot->lock);
+		return 0;
+	}
+	SA_TSAN_RELEASE(nw);
+	int r = sa_rseq_xchg_rcu(c->slots, sa_rseq_off, nw, oldp);
+	if (r == SA_WHY_UNREG && sa_rseq_thread_ready())
+		r = sa_rseq_xchg_rcu(c->slots, sa_rseq_off, nw, oldp);
+	if (r == 0)
+		SA_TSAN_ACQUIRE(*oldp);
+	return r;
+}
+
+/* Objects in every CPU's rcu sheaf of c (racy: statistics). */
+uint64_t sa_pcs_rcu_waiting_racy(struct sa_cache *c)
+{
+	uint64_t n = 0;
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		struct sa_sheaf *s = __atomic_load_n(&c->slots[cpu].rcu, __ATOMIC_ACQUIRE);
+		n += __atomic_load_n(&s->size, __ATOMIC_RELAXED);
+	}
+	return n;
+}
+
+/* Take every CPU's rcu sheaf of c (non-empty ones) out for submission, the remote way (stop,
+ * fence; in fallback mode each slot's lock). Returns them chained by next. Caller holds no
+ * allocator lock; c->drain_lock is taken here. */
+struct sa_sheaf *sa_pcs_drain_rcu(struct sa_cache *c)
+{
+	struct sa_sheaf *out = NULL;
+	pthread_mutex_lock(&c->drain_lock);
+	bool rseq = sa_pcs_mode != SA_PCS_FALLBACK;
+	if (rseq) {
+		for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
+			__atomic_store_n(&c->slots[cpu].stopped, 1, __ATOMIC_SEQ_CST);
+		sa_rseq_fence_all();
+		sa_stat_add(c, SA_STAT_REMOTE_FENCE, 1);
+	}
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		struct sa_pcs_slot *slot = &c->slots[cpu];
+		if (!rseq)
+			spin_lock(&slot->lock);
+		struct sa_sheaf *s = slot->rcu;
+		if (s != &sa_sheaf_sentinel && s->size) {
+			if (rseq)
+				SA_TSAN_ACQUIRE(s);
+			__atomic_store_n(&slot->rcu, &sa_sheaf_sentinel, __ATOMIC_RELAXED);
+			s->next = out;
+			out = s;
+		}
+		if (!rseq)
+			spin_unlock(&slot->lock);
+	}
+	if (rseq)
+		for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
+			__atomic_store_n(&c->slots[cpu].stopped, 0, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&c->drain_lock);
+	return out;
+}
+
 /* The spare for sa_sheaf_prefill (taken out, owned by the caller), or NULL. */
 struct sa_sheaf *sa_pcs_take_spare(struct sa_cache *c)
 {
@@ -546,8 +636,12 @@ void sa_pcs_drain(struct sa_cache *c)
 		if (s[0] != &sa_sheaf_sentinel) /* the main's state lives in the slot */
 			set_state_word(s[0], sa_top_to_state(s[0], slot->top));
 		set_top(slot, sa_top_encode(&sa_sheaf_sentinel, 0, 0));
+		struct sa_sheaf *r = slot->rcu;
+		__atomic_store_n(&slot->rcu, &sa_sheaf_sentinel, __ATOMIC_RELAXED);
 		if (!rseq)
 			spin_unlock(&slot->lock);
+		if (r != &sa_sheaf_sentinel) /* its objects wait for a grace period, not a flush */
+			sa_rcu_submit(c, r);
 		for (int i = 0; i < 2; i++) {
 			if (s[i] == &sa_sheaf_sentinel)
 				continue;

@@ -240,6 +240,61 @@ wrongnode:
 }
 
 /*
+ * RCU push: obj into this CPU's rcu sheaf (slot->rcu, offset 40), whose size lives in its own
+ * header (low 32 bits of the state word): objects[size] = obj (speculative: above size), then
+ * commit the 32-bit store of size + 1. The sentinel (capacity 0) is always full. No node check:
+ * an rcu sheaf holds objects of any node (they are freed with sa_free after the grace period).
+ */
+static inline __attribute__((always_inline)) int sa_rseq_rcu_push(struct sa_pcs_slot *tab, long off,
+								  void *obj)
+{
+	unsigned long idx, sh, n;
+	asm volatile goto(SA_RSEQ_PROLOGUE "movq 40(%[idx]), %[sh]\n\t"
+					   "movl (%[sh]), %k[n]\n\t"
+					   "cmpl 8(%[sh]), %k[n]\n\t"
+					   "jae %l[full]\n\t"
+					   "movq %[obj], 56(%[sh],%[n],8)\n\t"
+					   "addl $1, %k[n]\n\t"
+					   "movl %k[n], (%[sh])\n\t" /* commit */
+			  SA_RSEQ_EPILOGUE
+			  : [idx] "=&r"(idx), [sh] "=&r"(sh), [n] "=&r"(n)
+			  : [off] "r"(off), [tab] "r"(tab), [obj] "r"(obj)
+			  : "memory", "cc"
+			  : unreg, stopped, full);
+	return 0;
+unreg:
+	return SA_WHY_UNREG;
+stopped:
+	return SA_WHY_STOPPED;
+full:
+	return SA_WHY_FULL;
+}
+
+/*
+ * Exchange the rcu sheaf for `nw`, handing the old one to the caller, who owns it from the
+ * commit on. Commit: the store of nw into slot->rcu.
+ */
+static inline __attribute__((always_inline)) int
+sa_rseq_xchg_rcu(struct sa_pcs_slot *tab, long off, struct sa_sheaf *nw, struct sa_sheaf **oldp)
+{
+	unsigned long idx;
+	struct sa_sheaf *old;
+	asm volatile goto(SA_RSEQ_PROLOGUE "movq 40(%[idx]), %[old]\n\t"
+					   "movq %[nw], 40(%[idx])\n\t" /* commit */
+			  SA_RSEQ_EPILOGUE
+			  : [idx] "=&r"(idx), [old] "=&r"(old)
+			  : [off] "r"(off), [tab] "r"(tab), [nw] "r"(nw)
+			  : "memory", "cc"
+			  : unreg, stopped);
+	*oldp = old;
+	return 0;
+unreg:
+	return SA_WHY_UNREG;
+stopped:
+	return SA_WHY_STOPPED;
+}
+
+/*
  * Take the spare out if it serves direction dir: for alloc (dir 0) if it has objects, for free
  * (dir 1) if it has room (the sentinel does neither). The caller owns it from the commit on.
  * Commit: the store of the sentinel into spare.

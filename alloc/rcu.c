@@ -1,0 +1,416 @@
+/*
+ * alloc/rcu.c — RCU-deferred frees batched in sheaves, and typesafe-by-RCU caches
+ * (docs/design.md §13).
+ *
+ * Owns: the RCU thread, the lists of submitted rcu sheaves and of typesafe slabs waiting for a
+ * grace period, and their counters.
+ *
+ * sa_free_rcu(obj) pushes obj into this CPU's rcu sheaf of its cache (slot->rcu: one rseq
+ * section, sheaf/arch/x86_64/rseq_pcs.h; the slot lock in fallback mode). Large and huge malloc
+ * blocks use the rcu sheaf of the smallest malloc class (their marker caches have no sheaves).
+ * A full rcu sheaf is exchanged for an empty one and submitted: pushed onto `pending`, a
+ * lock-free stack, and the RCU thread is woken. The thread takes everything pending, waits for
+ * one grace period of each liburcu flavor among it (flavor->update_synchronize_rcu: every
+ * read-side section that had begun has ended), then frees the objects: a sheaf whose objects
+ * all belong to its cache and one node goes whole into that node's barn as a full sheaf (the
+ * objects refill sheaves, not slabs), any other object goes through sa_free. One grace period
+ * per batch of sheaves, one "callback" (a sheaf processed) per sheaf, never one per object.
+ * The thread also releases the slabs of SA_CACHE_TYPESAFE_RCU caches after a grace period
+ * (sa_rcu_slab_release): objects of such a cache are reused at once, but its memory only leaves
+ * the cache after every reader that might still look at it is gone.
+ *
+ * Why our own thread and synchronize_rcu, not liburcu's call_rcu: call_rcu must be called from a
+ * thread registered with the flavor (sa_free_rcu is called from any thread, registered or not),
+ * its worker threads do not survive fork without the program's own before/after-fork calls, and
+ * its callbacks would run our frees inside liburcu's threads. synchronize_rcu needs no
+ * registration from the updater, and our thread is ours to stop at fork.
+ *
+ * Nothing is stranded: a partial rcu sheaf goes to the thread when sa_rcu_barrier, sa_trim or
+ * sa_cache_shrink/destroy drain the slots; and the thread itself, every tick (SA_RCU_TICK_MS),
+ * drains the rcu sheaves of caches whose sheaves it saw non-empty at the previous tick. So a
+ * queued object is freed at most two ticks plus one grace period after sa_free_rcu, even if the
+ * program never frees again. A thread's exit leaves nothing behind (the sheaves are per CPU).
+ *
+ * Contexts that may not wait (SA_NOWAIT): the push and the exchange are rseq sections; a new
+ * sheaf comes only from the barn's try-lock or existing metadata; a submission does not wake
+ * the thread (a futex call): the next tick finds it. When there is no sheaf to be had, the
+ * object is deferred (SA_DEFER_RCU, alloc/defer.c) and counted (rcu_deferred): it is queued by
+ * the next slow path that may wait. sa_rcu_barrier does nothing there.
+ *
+ * Locking: rcu_lock (a leaf: nothing is taken under it) protects the thread's state and the
+ * generation counters; the condition variables wake the thread and barrier waiters. gp_lock is
+ * held by the thread from taking a batch to having freed it (it takes allocator locks under
+ * it, never rcu_lock); fork's prepare handler takes it first, so a fork never happens in the
+ * middle of a grace period or of the frees. The child has no RCU thread: it starts one when
+ * it needs one, and processes what was pending.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+#include <urcu/urcu-memb.h>
+
+#include "alloc/scope.h"
+#include "sheaf/pcs_inline.h"
+
+#define SA_RCU_TICK_MS 500
+
+static struct sa_sheaf *_Atomic pending;      /* submitted rcu sheaves, chained by next */
+static struct sa_slab *_Atomic pending_slabs; /* typesafe slabs to release after a GP */
+static _Atomic uint64_t submitted;	      /* sheaves and slabs submitted so far */
+static uint64_t done;			      /* rcu_lock: of those, processed */
+
+static pthread_mutex_t rcu_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t rcu_wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t rcu_done = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t gp_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int thread_state; /* 0 none, 1 being created, 2 running */
+static bool kicked;		 /* rcu_lock: work arrived since the thread last looked */
+
+void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavor)
+{
+	c->rcu = flavor ? flavor : &urcu_memb_flavor;
+}
+
+/* ------------------------------------------------------------------ submission ------------- */
+void sa_rcu_submit(struct sa_cache *c, struct sa_sheaf *s)
+{
+	if (s == &sa_sheaf_sentinel)
+		return;
+	if (!s->size) { /* nothing to wait for: an empty sheaf is just a sheaf */
+		s->flags &= ~SA_SHEAF_RCU;
+		sa_sheaf_dispose_flags(c, s, sa_flags_effective(0));
+		return;
+	}
+	s->flags |= SA_SHEAF_RCU;
+	sa_stat_add(c, SA_STAT_RCU_SUBMITTED, 1);
+	sa_stat_add(c, SA_STAT_RCU_QUEUED, s->size);
+	struct sa_sheaf *head = atomic_load_explicit(&pending, memory_order_relaxed);
+	do
+		s->next = head;
+	while (!atomic_compare_exchange_weak_explicit(&pending, &head, s, memory_order_release,
+						      memory_order_relaxed));
+	atomic_fetch_add(&submitted, 1);
+	sa_rcu_kick();
+}
+
+bool sa_rcu_slab_release(struct sa_cache *c, struct sa_slab *s)
+{
+	if (!(c->flags & SA_CACHE_TYPESAFE_RCU))
+		return false;
+	sa_stat_add(c, SA_STAT_RCU_SLABS_DELAYED, 1);
+	struct sa_slab *head = atomic_load_explicit(&pending_slabs, memory_order_relaxed);
+	do
+		s->next = head;
+	while (!atomic_compare_exchange_weak_explicit(&pending_slabs, &head, s,
+						      memory_order_release, memory_order_relaxed));
+	atomic_fetch_add(&submitted, 1);
+	sa_rcu_kick();
+	return true;
+}
+
+/* An empty sheaf for cache c's rcu slot: from this node's barn, or new. */
+static struct sa_sheaf *empty_sheaf(struct sa_cache *c, sa_flags_t flags)
+{
+	int node = sa_pcs_current_node(c);
+	struct sa_sheaf *s = sa_barn_get_empty(&c->nodes[node]->barn, flags);
+	if (!s)
+		s = sa_sheaf_new(c, c->capacity, node, flags);
+	return s;
+}
+
+/* The push failed (full, a stopped slot, no sheaf yet): make room and try again, or put the
+ * object into a sheaf of its own and submit that; under NOWAIT with no sheaf to be had, defer. */
+static SA_NOINLINE void free_rcu_slow(struct sa_cache *c, void *obj, int why)
+{
+	sa_flags_t flags = sa_flags_effective(0);
+	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
+		sa_deferred_run();
+	for (int tries = 0; tries < 4; tries++) {
+		if (why == SA_WHY_FULL) {
+			struct sa_sheaf *nw = empty_sheaf(c, flags), *old;
+			if (!nw)
+				break;
+			if (sa_pcs_rcu_xchg(c, nw, &old)) {
+				sa_sheaf_dispose_flags(c, nw, flags);
+				break; /* stopped: a drain owns the slot now */
+			}
+			sa_rcu_submit(c, old);
+		} else if (why != SA_WHY_UNREG) {
+			break;
+		}
+		why = sa_pcs_rcu_push(c, obj, flags);
+		if (!why)
+			return;
+	}
+	/* a sheaf of its own */
+	struct sa_sheaf *s = empty_sheaf(c, flags);
+	if (!s) {
+		sa_stat_add(c, SA_STAT_RCU_DEFERRED, 1);
+		sa_defer(obj, SA_DEFER_RCU);
+		return;
+	}
+	s->objects[s->size++] = obj;
+	sa_rcu_submit(c, s);
+}
+
+SA_API void sa_free_rcu(void *obj)
+{
+	if (!obj)
+		return;
+	struct sa_slab *s = sa_slab_of(obj);
+	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
+	if (SA_UNLIKELY(!c || !sa_rcu_block_ok(c, s, obj))) {
+		if (!c && !s && sa_malloc_usable_size(obj)) { /* a 4 MiB-aligned huge block */
+			c = sa_rcu_block_cache();
+		} else {
+			sa_cache_bad_free(
+				c && !sa_malloc_marker(c) ? c : NULL, obj,
+				!s   ? "sa_free_rcu of a pointer that is not ours"
+				: !c ? "sa_free_rcu of a block that is not allocated"
+				     : "sa_free_rcu of a pointer into a block, not its start");
+			return;
+		}
+	}
+	if (sa_malloc_marker(c))
+		c = sa_rcu_block_cache(); /* large and huge blocks: the smallest class's sheaves */
+	int why = sa_pcs_rcu_push(c, obj, 0);
+	if (SA_UNLIKELY(why))
+		free_rcu_slow(c, obj, why);
+}
+
+/* ------------------------------------------------------------------ the RCU thread ---------- */
+/* Free the objects of a processed rcu sheaf: whole into its barn when they are all of its cache
+ * and one node (and the barn has room), else one by one. */
+static void free_sheaf(struct sa_sheaf *s)
+{
+	struct sa_cache *c = s->cache;
+	unsigned n = s->size;
+	int node = -1;
+	bool pure = true;
+	for (unsigned i = 0; i < n && pure; i++) {
+		SA_TSAN_ACQUIRE(s->objects[i]);
+		struct sa_slab *sl = sa_slab_of(s->objects[i]);
+		if (!sl || sl->cache != c)
+			pure = false;
+		else if (node < 0)
+			node = sl->node;
+		else if (sl->node != node)
+			pure = false;
+	}
+	sa_stat_add(c, SA_STAT_RCU_CALLBACKS, 1);
+	sa_stat_add(c, SA_STAT_RCU_FREED, n);
+	s->flags &= ~SA_SHEAF_RCU;
+	if (pure && n == s->capacity && node >= 0 && node < sa_nr_nodes && !c->parent &&
+	    sa_barn_nr_full_racy(&c->nodes[node]->barn) < c->barn_max_full) {
+		/* the objects refill sheaves: a full sheaf of node's barn, with no per-object work
+		 * (they stay out of their slabs: cached, as after any free into a sheaf) */
+		s->node = node;
+		sa_stat_add(c, SA_STAT_FREE_FAST, n); /* as if pushed one by one */
+		sa_barn_put_full(&c->nodes[node]->barn, s);
+		return;
+	}
+	for (unsigned i = 0; i < n; i++)
+		sa_free(s->objects[i]);
+	s->size = 0;
+	sa_sheaf_dispose(c, s);
+}
+
+/* One batch: everything pending now, one grace period per flavor in it, then the frees. */
+static bool run_batch(void)
+{
+	struct sa_sheaf *sh = atomic_exchange_explicit(&pending, NULL, memory_order_acquire);
+	struct sa_slab *sl = atomic_exchange_explicit(&pending_slabs, NULL, memory_order_acquire);
+	if (!sh && !sl)
+		return false;
+	uint64_t n = 0;
+	/* the distinct flavors of the batch (a handful at most: one per cache's args.rcu) */
+	const struct rcu_flavor_struct *fl[16];
+	unsigned nfl = 0;
+	bool overflow = false;
+	for (struct sa_sheaf *s = sh; s; s = s->next, n++) {
+		unsigned i = 0;
+		while (i < nfl && fl[i] != s->cache->rcu)
+			i++;
+		if (i == nfl) {
+			if (nfl < 16)
+				fl[nfl++] = s->cache->rcu;
+			else
+				overflow = true;
+		}
+	}
+	for (struct sa_slab *s = sl; s; s = s->next, n++) {
+		const struct rcu_flavor_struct *f = s->cache->rcu;
+		unsigned i = 0;
+		while (i < nfl && fl[i] != f)
+			i++;
+		if (i == nfl) {
+			if (nfl < 16)
+				fl[nfl++] = f;
+			else
+				overflow = true;
+		}
+	}
+	for (unsigned i = 0; i < nfl; i++)
+		fl[i]->update_synchronize_rcu();
+	if (overflow) /* more than 16 flavors in one batch: wait for each sheaf's own */
+		for (struct sa_sheaf *s = sh; s; s = s->next)
+			s->cache->rcu->update_synchronize_rcu();
+	while (sh) {
+		struct sa_sheaf *next = sh->next;
+		sh->next = NULL;
+		free_sheaf(sh);
+		sh = next;
+	}
+	while (sl) {
+		struct sa_slab *next = sl->next;
+		sl->next = NULL;
+		sa_slab_release_after_gp(sl->cache, sl);
+		sl = next;
+	}
+	pthread_mutex_lock(&rcu_lock);
+	done += n;
+	pthread_cond_broadcast(&rcu_done);
+	pthread_mutex_unlock(&rcu_lock);
+	return true;
+}
+
+/* Every tick: the caches whose rcu sheaves were not empty at the previous tick get drained, so
+ * no object waits longer than two ticks to be submitted. */
+static void tick(void)
+{
+	static struct sa_cache *seen[256];
+	static unsigned nseen;
+	struct sa_cache *now[256];
+	unsigned nnow = 0;
+	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache *c = sa_caches; c && nnow < 256; c = c->next)
+		if (sa_pcs_rcu_waiting_racy(c))
+			now[nnow++] = c;
+	pthread_mutex_unlock(&sa_caches_lock);
+	for (unsigned i = 0; i < nnow; i++) {
+		bool again = false;
+		for (unsigned k = 0; k < nseen; k++)
+			again |= seen[k] == now[i];
+		if (!again)
+			continue;
+		/* the cache stays alive: drains of a cache that is being destroyed take its
+		 * drain_lock too, and destroy keeps caches that still hold objects */
+		for (struct sa_sheaf *s = sa_pcs_drain_rcu(now[i]); s;) {
+			struct sa_sheaf *next = s->next;
+			sa_rcu_submit(now[i], s);
+			s = next;
+		}
+	}
+	for (unsigned i = 0; i < nnow; i++)
+		seen[i] = now[i];
+	nseen = nnow;
+}
+
+static void *rcu_main(void *arg)
+{
+	(void)arg;
+	/* the thread's allocations must not wait for itself: it never opens scopes, and its
+	 * frees run as any thread's */
+	for (;;) {
+		pthread_mutex_lock(&gp_lock);
+		bool worked = run_batch();
+		pthread_mutex_unlock(&gp_lock);
+		if (worked)
+			continue;
+		pthread_mutex_lock(&rcu_lock);
+		if (!kicked) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += (long)SA_RCU_TICK_MS * 1000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&rcu_wake, &rcu_lock, &ts);
+		}
+		bool was_kicked = kicked;
+		kicked = false;
+		pthread_mutex_unlock(&rcu_lock);
+		if (!was_kicked)
+			tick();
+	}
+	return NULL;
+}
+
+void sa_rcu_kick(void)
+{
+	if (!sa_may_syscall(sa_flags_effective(0)))
+		return; /* a NOWAIT context: the thread's next tick finds the work */
+	pthread_mutex_lock(&rcu_lock);
+	kicked = true;
+	pthread_cond_signal(&rcu_wake);
+	pthread_mutex_unlock(&rcu_lock);
+	int expect = 0;
+	if (atomic_load(&thread_state) == 0 &&
+	    atomic_compare_exchange_strong(&thread_state, &expect, 1)) {
+		/* not under rcu_lock: pthread_create allocates (through us, when we are malloc) */
+		pthread_t t;
+		pthread_attr_t a;
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		pthread_attr_setstacksize(&a, 256 << 10);
+		int r = pthread_create(&t, &a, rcu_main, NULL);
+		pthread_attr_destroy(&a);
+		atomic_store(&thread_state, r == 0 ? 2 : 0);
+	}
+}
+
+/* Every partial rcu sheaf of every cache goes to the thread now. */
+void sa_rcu_submit_all(void)
+{
+	struct sa_cache *list[512];
+	unsigned n = 0;
+	pthread_mutex_lock(&sa_caches_lock);
+	for (struct sa_cache *c = sa_caches; c && n < 512; c = c->next)
+		if (sa_pcs_rcu_waiting_racy(c))
+			list[n++] = c;
+	pthread_mutex_unlock(&sa_caches_lock);
+	for (unsigned i = 0; i < n; i++)
+		for (struct sa_sheaf *s = sa_pcs_drain_rcu(list[i]); s;) {
+			struct sa_sheaf *next = s->next;
+			sa_rcu_submit(list[i], s);
+			s = next;
+		}
+}
+
+SA_API void sa_rcu_barrier(void)
+{
+	sa_ensure_init();
+	if (!sa_may_block(sa_flags_effective(0)))
+		return;	   /* waiting is what a NOWAIT context may not do */
+	sa_deferred_run(); /* deferred sa_free_rcu calls are queued now */
+	sa_rcu_submit_all();
+	uint64_t target = atomic_load(&submitted);
+	if (!target)
+		return;
+	sa_rcu_kick();
+	pthread_mutex_lock(&rcu_lock);
+	while (done < target)
+		pthread_cond_wait(&rcu_done, &rcu_lock);
+	pthread_mutex_unlock(&rcu_lock);
+}
+
+/* fork: gp_lock before every allocator lock (the thread takes those under it), rcu_lock after
+ * them all (a leaf, taken with allocator locks held by sa_rcu_kick). phase: 0 take gp_lock,
+ * 1 take rcu_lock, 2 release both (parent), 3 release both (child: no RCU thread there; one
+ * starts when needed and takes what was pending). */
+void sa_rcu_atfork(int phase)
+{
+	switch (phase) {
+	case 0:
+		pthread_mutex_lock(&gp_lock);
+		break;
+	case 1:
+		pthread_mutex_lock(&rcu_lock);
+		break;
+	default:
+		if (phase == 3)
+			atomic_store(&thread_state, 0);
+		pthread_mutex_unlock(&rcu_lock);
+		pthread_mutex_unlock(&gp_lock);
+	}
+}
