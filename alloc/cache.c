@@ -355,7 +355,6 @@ SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 {
 	if (node < 0 || (sa_flags_effective(flags) & SA_PIN))
 		return sa_cache_alloc(c, flags); /* pinned objects: from this CPU's node */
-	flags = sa_flags_effective(flags);
 	if (node == sa_pcs_current_node(c) && node < sa_nr_nodes) {
 		void *obj = sa_cache_alloc(c, flags);
 		struct sa_slab *s = obj ? sa_slab_of(obj) : NULL;
@@ -373,6 +372,10 @@ SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 		return NULL;
 	}
 	sa_stat_add(c, SA_STAT_ALLOC_NODE_MISMATCH, 1);
+	sa_flags_t sf = sa_scope_flags();
+	if (sf)
+		sa_scope_count_alloc(sf);
+	flags = sa_flags_effective(flags);
 	void *obj = sa_cache_alloc_slab_direct(c, flags, node);
 	if (obj && (flags & SA_ZERO))
 		memset(obj, 0, c->size);

@@ -492,7 +492,8 @@ void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
 void sa_slab_release_deferred(struct sa_slab *head);			     /* SA_DEFER_SLAB */
 void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s);	     /* release it now */
 bool sa_slab_obj_ok(struct sa_cache *c, struct sa_slab *s, const void *obj); /* a boundary? */
-bool sa_pin_range(void *p, size_t len);		 /* mlock for SA_PIN; reports the first failure */
+bool sa_pin_range(void *p, size_t len,
+		  sa_flags_t flags);		 /* mlock for SA_PIN; reports the first failure */
 uint64_t sa_slab_inuse_racy(struct sa_cache *c); /* objects out of slabs (in use + cached) */
 
 /* barns (barn/barn.c) */

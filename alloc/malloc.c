@@ -123,7 +123,7 @@ static void *large_alloc(size_t size, size_t align, sa_flags_t flags)
 	if (!s)
 		return NULL;
 	char *base = sa_slab_base(s);
-	if ((flags & SA_PIN) && !sa_pin_range(base, (size_t)s->nunits * SA_UNIT_SIZE)) {
+	if ((flags & SA_PIN) && !sa_pin_range(base, (size_t)s->nunits * SA_UNIT_SIZE, flags)) {
 		sa_segment_unuse_units(s);
 		return NULL;
 	}
@@ -203,7 +203,7 @@ static void *aligned_huge_alloc(size_t size, size_t align, sa_flags_t flags)
 		errno = ENOMEM;
 		return NULL;
 	}
-	if ((flags & SA_PIN) && !sa_pin_range(a, len)) {
+	if ((flags & SA_PIN) && !sa_pin_range(a, len, flags)) {
 		munmap(a, len);
 		sa_meta_free(h, sizeof(*h));
 		sa_held_sub(len);
@@ -458,7 +458,7 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 			return NULL;
 		}
 	}
-	if ((flags & SA_PIN) && !sa_pin_range(seg, len)) {
+	if ((flags & SA_PIN) && !sa_pin_range(seg, len, flags)) {
 		if (reused) { /* keeps its segment-map bit while cached */
 			huge_unmap(seg, len);
 		} else {

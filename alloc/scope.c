@@ -19,8 +19,10 @@
  *   - a depth that is not open (restored twice, or a cookie of another thread or coroutine):
  *     reported the same way, and ignored.
  * Invariants of a record: set[] entries have ascending depths <= depth and pairwise disjoint
- * bits whose union is flags (so at most one entry per flag: SA_SCOPE_MAX_SET); early[] holds
- * ascending depths <= depth, each an open level already restored.
+ * bits whose union is flags (so at most one entry per flag: SA_SCOPE_MAX_SET); the early list
+ * (early[], or early_ext when more than SA_SCOPE_MAX_EARLY are waiting at once) holds ascending
+ * depths < depth, each an open level already restored. A cookie names its level by its depth
+ * modulo 2^23 counted down from the innermost, so any depth works.
  *
  * Coroutines: a scheduler gives each coroutine a struct sa_scope_state and installs it with
  * sa_scope_swap on every switch; the thread-local flags are reloaded from it, so interleaved
@@ -174,6 +176,7 @@ static SA_COLD void report(const char *what, unsigned cookie_depth, uint32_t dep
 			   const void *site)
 {
 	sa_gstat_add(SA_G_SCOPE_MISUSE, 1);
+	sa_ensure_init(); /* the options: scope_check */
 	if (!first_report(site) && !sa_opt.scope_check_abort)
 		return;
 	char where[160], fl[96];
@@ -192,6 +195,15 @@ static SA_COLD void report(const char *what, unsigned cookie_depth, uint32_t dep
 }
 
 /* ------------------------------------------------------------------ save and restore -------- */
+/* What a NOWAIT scope may need must exist before it starts on this thread: the allocator
+ * itself, the thread's rseq registration, the emergency reserve. */
+static void nowait_prepare(void)
+{
+	sa_ensure_init();
+	sa_rseq_thread_ready();
+	sa_reserve_prepare();
+}
+
 static unsigned scope_save(sa_flags_t flags, const void *site)
 {
 	if (flags & ~SA_SCOPABLE) {
@@ -199,13 +211,8 @@ static unsigned scope_save(sa_flags_t flags, const void *site)
 		errno = EINVAL;
 		return SA_SCOPE_INVALID;
 	}
-	if ((flags & SA_NOWAIT) && !(sa_scope_tls.flags & SA_NOWAIT)) {
-		/* what a NOWAIT scope may need must exist before it starts: the allocator itself,
-		 * this thread's rseq registration, the emergency reserve */
-		sa_ensure_init();
-		sa_rseq_thread_ready();
-		sa_reserve_prepare();
-	}
+	if ((flags & SA_NOWAIT) && !(sa_scope_tls.flags & SA_NOWAIT))
+		nowait_prepare();
 	struct sa_scope_rec *r = cur();
 	sa_flags_t add = flags & ~r->flags;
 	uint32_t depth = ++r->depth;
@@ -229,21 +236,86 @@ static void pop_level(struct sa_scope_rec *r)
 	r->depth--;
 }
 
+/* The early-restored depths of r: inline, or (more than SA_SCOPE_MAX_EARLY at once) in an
+ * array of metadata that grows by doubling and goes back inline when they fit again. */
+static uint32_t *early_of(struct sa_scope_rec *r)
+{
+	return r->early_ext ? r->early_ext : r->early;
+}
+
+static bool is_early(struct sa_scope_rec *r, uint32_t depth)
+{
+	uint32_t *e = early_of(r);
+	for (uint32_t i = 0; i < r->nearly; i++)
+		if (e[i] == depth)
+			return true;
+	return false;
+}
+
+/* Room for one more entry; false if it cannot be had (no memory for a bigger array). */
+static bool early_room(struct sa_scope_rec *r)
+{
+	uint32_t cap = r->early_ext ? r->early_cap : SA_SCOPE_MAX_EARLY;
+	if (r->nearly < cap)
+		return true;
+	uint32_t ncap = cap * 2;
+	uint32_t *n = sa_meta_alloc_flags(ncap * sizeof(uint32_t),
+					  (sa_scope_tls.flags & SA_NOWAIT) | SA_NORECLAIM);
+	if (!n)
+		return false;
+	memcpy(n, early_of(r), r->nearly * sizeof(uint32_t));
+	if (r->early_ext)
+		sa_meta_free(r->early_ext, r->early_cap * sizeof(uint32_t));
+	r->early_ext = n;
+	r->early_cap = ncap;
+	return true;
+}
+
 static void mark_early(struct sa_scope_rec *r, uint32_t depth)
 {
-	if (r->nearly == SA_SCOPE_MAX_EARLY) { /* drop the outermost: it will close in order */
-		memmove(&r->early[0], &r->early[1], (SA_SCOPE_MAX_EARLY - 1) * sizeof(r->early[0]));
-		r->nearly--;
+	if (!early_room(r)) {
+		sa_msg("sheafalloc: no memory to remember one more scope restored out of order; "
+		       "its flags stay until the thread's scopes are all restored\n");
+		return;
 	}
-	unsigned i = r->nearly;
-	while (i > 0 && r->early[i - 1] > depth) {
-		r->early[i] = r->early[i - 1];
+	uint32_t *e = early_of(r);
+	uint32_t i = r->nearly;
+	while (i > 0 && e[i - 1] > depth) { /* ascending */
+		e[i] = e[i - 1];
 		i--;
 	}
-	if (i > 0 && r->early[i - 1] == depth)
-		return; /* restored early twice: already waiting */
-	r->early[i] = depth;
+	e[i] = depth;
 	r->nearly++;
+}
+
+/* Close the innermost level and every level below it that was restored early. */
+static void close_levels(struct sa_scope_rec *r)
+{
+	pop_level(r);
+	uint32_t *e = early_of(r);
+	while (r->nearly && e[r->nearly - 1] == r->depth) {
+		r->nearly--;
+		pop_level(r);
+	}
+	if (r->early_ext && r->nearly <= SA_SCOPE_MAX_EARLY) { /* fits inline again */
+		memcpy(r->early, r->early_ext, r->nearly * sizeof(uint32_t));
+		sa_meta_free(r->early_ext, r->early_cap * sizeof(uint32_t));
+		r->early_ext = NULL;
+		r->early_cap = 0;
+	}
+	if (r->depth == 0 && r->flags) { /* a level lost for want of memory: all closed now */
+		r->flags = 0;
+		r->nset = 0;
+	}
+}
+
+/* The bits the save that opened level `depth` recorded (0 if it set none). */
+static sa_flags_t bits_at(const struct sa_scope_rec *r, uint32_t depth)
+{
+	for (uint32_t i = r->nset; i-- > 0;)
+		if (r->set[i].depth == depth)
+			return r->set[i].bits;
+	return 0;
 }
 
 static void scope_restore(unsigned cookie, const void *site)
@@ -253,45 +325,38 @@ static void scope_restore(unsigned cookie, const void *site)
 	struct sa_scope_rec *r = cur();
 	unsigned d = cookie >> COOKIE_BITS, bits = cookie & COOKIE_BITMASK;
 	uint32_t depth = r->depth;
-	if (depth == 0) {
-		report("restored with no scope open (restored twice, or saved on another thread or "
-		       "coroutine?)",
-		       d, depth, site);
-		return;
-	}
-	uint32_t top = depth & COOKIE_DEPTHMASK;
-	if (d == top) {
-		sa_flags_t have = r->nset && r->set[r->nset - 1].depth == depth
-					  ? r->set[r->nset - 1].bits
-					  : 0;
-		if (have != bits) {
-			report("restored with a cookie that is not the innermost scope's (saved on "
-			       "another thread or coroutine?)",
-			       d, depth, site);
-			return;
-		}
-		pop_level(r);
-		while (r->nearly && r->early[r->nearly - 1] == r->depth) {
-			r->nearly--;
-			pop_level(r);
-		}
-		publish(r);
-		return;
-	}
-	/* an outer level still open? (depths below 2^23 compare exactly) */
-	bool open = depth > COOKIE_DEPTHMASK ? true : (d >= 1 && d < depth);
-	if (!open) {
+	sa_flags_t before = r->flags;
+	/* levels below the innermost, modulo the cookie's 23 bits of depth */
+	uint32_t below = ((depth & COOKIE_DEPTHMASK) - d) & COOKIE_DEPTHMASK;
+	if (depth == 0 || below >= depth) {
 		report("restored that is not open (restored twice, or saved on another thread or "
 		       "coroutine?)",
 		       d, depth, site);
+		return;
+	}
+	uint32_t level = depth - below;
+	if (bits_at(r, level) != bits) {
+		report("restored with a cookie that is not this scope's (saved on another thread "
+		       "or coroutine?)",
+		       d, depth, site);
+		return;
+	}
+	if (below == 0) {
+		close_levels(r);
+		publish(r);
+		if ((before & SA_NOWAIT) && !(r->flags & SA_NOWAIT) && r == cur())
+			sa_deferred_run(); /* what the NOWAIT scope put off runs now */
+		return;
+	}
+	if (is_early(r, level)) {
+		report("restored twice (it was restored out of order before)", d, depth, site);
 		return;
 	}
 	sa_gstat_add(SA_G_SCOPE_OUT_OF_ORDER, 1);
 	report("restored out of LIFO order (its flags stay until the scopes opened inside it "
 	       "end)",
 	       d, depth, site);
-	if (depth <= COOKIE_DEPTHMASK)
-		mark_early(r, d);
+	mark_early(r, level);
 }
 
 #define SITE __builtin_return_address(0)
@@ -353,10 +418,7 @@ SA_API unsigned sa_memalloc_nowait_save(void)
 
 SA_API void sa_memalloc_nowait_restore(unsigned cookie)
 {
-	scope_restore(cookie, SITE);
-	/* frees that a NOWAIT scope deferred run as soon as the thread may wait again */
-	if (!(sa_scope_tls.flags & SA_NOWAIT))
-		sa_deferred_run();
+	scope_restore(cookie, SITE); /* runs what the scope deferred */
 }
 
 SA_API sa_flags_t sa_memalloc_flags(void)
@@ -391,6 +453,8 @@ SA_API struct sa_scope_state *sa_scope_swap(struct sa_scope_state *s)
 {
 	struct sa_scope_state *prev = (struct sa_scope_state *)sa_scope_tls.cur;
 	struct sa_scope_rec *r = (struct sa_scope_rec *)s;
+	if (r && (r->flags & SA_NOWAIT) && !(sa_scope_tls.flags & SA_NOWAIT))
+		nowait_prepare(); /* a NOWAIT scope arrives on this thread */
 	sa_scope_tls.cur = r;
 	publish(r ? r : &sa_scope_tls.own);
 	count(SA_SCOPE_C_SWAPS);
@@ -402,5 +466,5 @@ SA_API struct sa_scope_state *sa_scope_swap(struct sa_scope_state *s)
 
 SA_API sa_flags_t sa_scope_state_flags(const struct sa_scope_state *s)
 {
-	return s ? ((const struct sa_scope_rec *)s)->flags : 0;
+	return s ? ((const struct sa_scope_rec *)s)->flags : sa_scope_tls.own.flags;
 }

@@ -26,6 +26,8 @@ struct sa_scope_rec {
 		const void *site; /* where it was saved (named in misuse reports) */
 	} set[SA_SCOPE_MAX_SET];
 	uint32_t early[SA_SCOPE_MAX_EARLY]; /* depths restored early, ascending */
+	uint32_t *early_ext;		    /* more of them: metadata, early_cap entries */
+	uint32_t early_cap;
 };
 
 /* per-thread counters (alloc/scope.c): [flag bit] allocations under a scope with it, saves,

@@ -128,7 +128,7 @@ static bool slab_in_reserve(const struct sa_slab *s)
 static _Atomic int pin_reported;
 
 /* mlock [p, p + len) for SA_PIN; false (reported once per process) if the kernel refuses */
-bool sa_pin_range(void *p, size_t len)
+bool sa_pin_range(void *p, size_t len, sa_flags_t flags)
 {
 	if (mlock(p, len) == 0) {
 		sa_gstat_add(SA_G_PINNED, 1);
@@ -136,7 +136,7 @@ bool sa_pin_range(void *p, size_t len)
 	}
 	int err = errno;
 	sa_gstat_add(SA_G_PIN_FAILS, 1);
-	if (!atomic_exchange(&pin_reported, 1))
+	if (sa_warn(flags) && !atomic_exchange(&pin_reported, 1))
 		sa_msg("sheafalloc: SA_PIN: mlock of %zu bytes failed (%s); pinned allocations "
 		       "fail "
 		       "while the limit on locked memory (RLIMIT_MEMLOCK, ulimit -l) is reached "
@@ -145,9 +145,9 @@ bool sa_pin_range(void *p, size_t len)
 	return false;
 }
 
-static bool pin_units(struct sa_slab *s)
+static bool pin_units(struct sa_slab *s, sa_flags_t flags)
 {
-	if (!sa_pin_range(sa_slab_base(s), (size_t)s->nunits * SA_UNIT_SIZE))
+	if (!sa_pin_range(sa_slab_base(s), (size_t)s->nunits * SA_UNIT_SIZE, flags))
 		return false;
 	s->flags |= SA_SLAB_PINNED;
 	return true;
@@ -163,7 +163,7 @@ static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 	uint64_t *bits = slab_in_reserve(s)
 				 ? sa_reserve_bitmap(s)
 				 : sa_meta_alloc_flags(bitmap_bytes(c->slab_objs), flags);
-	if (!bits || ((c->flags & SA_CACHE_PINNED_) && !pin_units(s))) {
+	if (!bits || ((c->flags & SA_CACHE_PINNED_) && !pin_units(s, flags))) {
 		if (bits && !slab_in_reserve(s))
 			sa_meta_free(bits, bitmap_bytes(c->slab_objs));
 		sa_segment_unuse_units(s);

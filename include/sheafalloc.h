@@ -80,10 +80,10 @@ static inline void sa_scope_end_(unsigned *cookie)
 }
 #define SA_SCOPE_CAT2_(a, b) a##b
 #define SA_SCOPE_CAT_(a, b)  SA_SCOPE_CAT2_(a, b)
-#define SA_SCOPE(flags)                                                                       \
-	for (unsigned SA_SCOPE_CAT_(sa_scope_cookie_, __LINE__)                               \
-		     __attribute__((cleanup(sa_scope_end_))) = sa_memalloc_flags_save(flags), \
-		     SA_SCOPE_CAT_(sa_scope_once_, __LINE__) = 1;                             \
+#define SA_SCOPE(flags)                                                                   \
+	for (unsigned SA_SCOPE_CAT_(sa_scope_cookie_, __LINE__) __attribute__((           \
+		     cleanup(sa_scope_end_), unused)) = sa_memalloc_flags_save(flags),    \
+					     SA_SCOPE_CAT_(sa_scope_once_, __LINE__) = 1; \
 	     SA_SCOPE_CAT_(sa_scope_once_, __LINE__); SA_SCOPE_CAT_(sa_scope_once_, __LINE__) = 0)
 #endif
 

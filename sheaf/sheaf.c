@@ -282,7 +282,10 @@ SA_API void *sa_sheaf_alloc(struct sa_cache *c, sa_flags_t flags, struct sa_shea
 	void *obj = sheaf->objects[--sheaf->size];
 	SA_TSAN_ACQUIRE(obj);
 	sheaf->taken++;
-	if (flags & SA_ZERO)
+	sa_flags_t sf = sa_scope_flags(); /* a ZERO scope zeroes these too */
+	if (SA_UNLIKELY(sf))
+		sa_scope_count_alloc(sf);
+	if ((flags | sf) & SA_ZERO)
 		memset(obj, 0, c->size);
 	return obj;
 }
