@@ -186,12 +186,20 @@ SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *
 
 /* The last resort of an allocation: one object straight from the slabs of node. SA_NOFAIL
  * waits here (reclaiming) until it gets one. */
-void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node)
+static void *slab_or_reserve(struct sa_cache *c, sa_flags_t flags, int node)
 {
 	void *obj = sa_slab_alloc_one(c, node, flags);
+	if (!obj && sa_may_use_reserve(flags))
+		obj = sa_slab_alloc_reserve(c, node, flags);
+	return obj;
+}
+
+void *sa_cache_alloc_slab_direct(struct sa_cache *c, sa_flags_t flags, int node)
+{
+	void *obj = slab_or_reserve(c, flags, node);
 	for (unsigned round = 0; !obj && sa_must_not_fail(flags);) {
 		sa_nofail_wait(flags, c->name, c->size, &round);
-		obj = sa_slab_alloc_one(c, node, flags);
+		obj = slab_or_reserve(c, flags, node);
 	}
 	if (SA_LIKELY(obj != NULL)) {
 		sa_stat_add(c, SA_STAT_ALLOC_SLOW, 1);
@@ -363,7 +371,7 @@ SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 		sa_cache_free(c, obj); /* migrated to another node meanwhile */
 	}
 	if (node >= sa_nr_nodes) {
-		if (!(flags & SA_NOWARN))
+		if (sa_warn(flags) && sa_may_syscall(sa_flags_effective(flags)))
 			sa_msg("sheafalloc: sa_cache_alloc_node('%s'): no node %d (the topology "
 			       "has "
 			       "%d)\n",

@@ -36,6 +36,9 @@ static void run_one(uintptr_t e)
 	case SA_DEFER_RCU:
 		sa_free_rcu(p);
 		break;
+	case SA_DEFER_UNITS:
+		sa_segment_units_deferred(p);
+		break;
 	}
 }
 
@@ -64,10 +67,18 @@ void sa_defer(void *p, enum sa_defer_kind kind)
 
 void sa_deferred_run(void)
 {
-	if (!atomic_load_explicit(&sa_deferred_n, memory_order_relaxed))
+	if (!atomic_load_explicit(&sa_deferred_n, memory_order_relaxed) &&
+	    !atomic_load_explicit(&sa_deferred_sheaves, memory_order_relaxed))
 		return;
 	if (!sa_may_block(sa_flags_effective(0)))
 		return;
+	if (atomic_load_explicit(&sa_deferred_sheaves, memory_order_relaxed)) {
+		/* sheaves NOWAIT paths parked on their caches' deferred stacks */
+		pthread_mutex_lock(&sa_caches_lock);
+		for (struct sa_cache *c = sa_caches; c; c = c->next)
+			sa_sheaf_deferred_run(c);
+		pthread_mutex_unlock(&sa_caches_lock);
+	}
 	for (unsigned i = 0; i < SA_DEFER_SLOTS; i++) {
 		if (!atomic_load_explicit(&slots[i], memory_order_relaxed))
 			continue;
@@ -81,5 +92,5 @@ void sa_deferred_run(void)
 
 size_t sa_deferred_count(void)
 {
-	return atomic_load(&sa_deferred_n);
+	return atomic_load(&sa_deferred_n) + atomic_load(&sa_deferred_sheaves);
 }

@@ -238,11 +238,15 @@ struct sa_slab {
 	uint32_t nobjs;		/* objects this slab holds */
 	int32_t node;		/* node of the segment */
 	uint16_t nunits;	/* units in this slab */
-	uint16_t on_partial;	/* cnode->lock */
+	uint16_t on_partial;	/* cnode->lock: 1 on partial, 2 on reserve_slabs */
 };
 _Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
 
-#define SA_SLAB_PINNED	 1u	    /* its units are mlock'ed (munlock when they go back) */
+#define SA_SLAB_PINNED	1u /* its units are mlock'ed (munlock when they go back) */
+#define SA_SLAB_RESERVE 2u /* carved from the emergency reserve: on cnode->reserve_slabs */
+/* internal flag: this allocation may not take the emergency reserve's units (a slab for
+ * everyone; reserve slabs are made by sa_slab_alloc_reserve only) */
+#define SA_F_NORESERVE	 (1u << 30)
 #define SA_CACHE_PINNED_ (1u << 16) /* internal: an SA_PIN companion cache (alloc/cache.c) */
 
 #define SA_SEG_MAGIC  0x5368656166536567ull
@@ -272,6 +276,8 @@ struct sa_cache_node {
 	uint64_t nr_slabs;		 /* lock */
 	uint64_t units;			 /* lock: units held by this cache on this node */
 	uint64_t objs_out;		 /* lock: objects out of slabs (in use or in sheaves) */
+	struct sa_slab *reserve_slabs;	 /* lock: reserve slabs with a free object (only
+					  * allocations that may use the reserve take them) */
 	struct sa_slab *_Atomic pending; /* new slabs a NOWAIT path could not publish (lock
 					  * busy): pushed lock-free, published by the next
 					  * holder of lock (alloc/slab.c) */
@@ -298,7 +304,8 @@ struct sa_cache {
 	struct sa_cache *next;	    /* sa_caches_lock */
 	pthread_mutex_t drain_lock; /* serializes remote work on the slots (shrink, destroy) */
 	struct sa_sheaf
-		*_Atomic deferred; /* sheaves a SA_NOWAIT path could not place (atomic push) */
+		*_Atomic deferred;	/* sheaves a SA_NOWAIT path could not place (atomic push) */
+	_Atomic uint64_t deferred_objs; /* objects in the deferred sheaves (statistics) */
 	struct sa_cache *_Atomic pinned;     /* SA_PIN companion (same objects, mlock'ed slabs) */
 	struct sa_cache *parent;	     /* of a companion: the cache it pins for */
 	const struct rcu_flavor_struct *rcu; /* sa_free_rcu's grace periods (liburcu flavor) */
@@ -399,6 +406,7 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 void sa_segment_free_units(struct sa_slab *head);	/* a published run (cache set) */
 void sa_segment_unuse_units(struct sa_slab *head);	/* a run never published */
 void sa_segment_release_deferred(struct sa_slab *head); /* SA_DEFER_RUN */
+void sa_segment_units_deferred(struct sa_slab *head);	/* SA_DEFER_UNITS */
 int sa_segment_resize_units(struct sa_slab *head, unsigned units, sa_flags_t flags);
 void sa_malloc_atfork(int phase); /* aligned_lock, huge_cache_lock: leaf locks */
 
@@ -466,28 +474,32 @@ void sa_reserve_counts(size_t *bytes, size_t *free_bytes);
 /* frees deferred by contexts that may not wait (alloc/defer.c): lock-free, drained by the next
  * slow path that may wait, by the end of a NOWAIT scope and by sa_trim */
 enum sa_defer_kind {
-	SA_DEFER_FREE = 0, /* sa_free(p): an object or a block */
-	SA_DEFER_SLAB = 1, /* release the slab whose head record is p */
-	SA_DEFER_RUN = 2,  /* give the unit run whose head record is p back */
-	SA_DEFER_RCU = 3,  /* sa_free_rcu(p): queue it for a grace period */
+	SA_DEFER_FREE = 0,  /* sa_free(p): an object or a block */
+	SA_DEFER_SLAB = 1,  /* release the slab whose head record is p */
+	SA_DEFER_RUN = 2,   /* give the unit run whose head record is p back */
+	SA_DEFER_RCU = 3,   /* sa_free_rcu(p): queue it for a grace period */
+	SA_DEFER_UNITS = 4, /* a free run (head record p keeps its unit count) into its bitmap */
 };
 void sa_defer(void *p, enum sa_defer_kind kind);
 void sa_deferred_run(void);
 size_t sa_deferred_count(void);
+extern _Atomic size_t sa_deferred_sheaves; /* sheaves waiting on caches' deferred stacks */
 static inline bool sa_deferred_pending_racy(void)
 {
 	extern _Atomic size_t sa_deferred_n __attribute__((visibility("hidden")));
-	return atomic_load_explicit(&sa_deferred_n, memory_order_relaxed) != 0;
+	return (atomic_load_explicit(&sa_deferred_n, memory_order_relaxed) |
+		atomic_load_explicit(&sa_deferred_sheaves, memory_order_relaxed)) != 0;
 }
 
 /* slabs (alloc/slab.c); every function takes and drops cnode->lock itself */
 unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags);
 void *sa_slab_alloc_one(struct sa_cache *c, int node, sa_flags_t flags);
+void *sa_slab_alloc_reserve(struct sa_cache *c, int node, sa_flags_t flags); /* one object */
 /* returns the objects taken back; the others were bad frees (reported) */
 unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned n);
 /* the same if the node lock is free now; UINT32_MAX (nothing done) when it is busy */
 unsigned sa_slab_free_batch_try(struct sa_cache *c, int node, void **objs, unsigned n);
-void sa_slab_free_one(struct sa_cache *c, void *obj);
+bool sa_slab_free_one(struct sa_cache *c, void *obj); /* false: deferred (NOWAIT, lock busy) */
 void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
 void sa_slab_release_deferred(struct sa_slab *head);			     /* SA_DEFER_SLAB */
 void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s);	     /* release it now */
@@ -495,6 +507,7 @@ bool sa_slab_obj_ok(struct sa_cache *c, struct sa_slab *s, const void *obj); /* 
 bool sa_pin_range(void *p, size_t len,
 		  sa_flags_t flags);		 /* mlock for SA_PIN; reports the first failure */
 uint64_t sa_slab_inuse_racy(struct sa_cache *c); /* objects out of slabs (in use + cached) */
+void sa_slab_node_counts(struct sa_cache *c, int node, uint64_t *slabs, uint64_t *units);
 
 /* barns (barn/barn.c) */
 void sa_barn_init(struct sa_barn *b);

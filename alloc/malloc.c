@@ -271,10 +271,25 @@ bool sa_rcu_block_ok(struct sa_cache *c, struct sa_slab *s, const void *obj)
 	return sa_slab_obj_ok(c, s, obj);
 }
 
-/* sa_free of a pointer the segment map does not know: 1 if it was a block of ours. */
+/* sa_free of a pointer the segment map does not know: 1 if it was a block of ours. In a
+ * context that may not wait or make a system call (munmap), the block is freed later; a busy
+ * list lock defers the question too (a pointer that turns out not to be ours is reported then). */
 int sa_free_unknown(void *p)
 {
-	return aligned_huge_find(p, 1) != 0;
+	if (!atomic_load_explicit(&aligned_count, memory_order_relaxed))
+		return 0;
+	if (sa_may_syscall(sa_flags_effective(0)))
+		return aligned_huge_find(p, 1) != 0;
+	bool found = false;
+	if (pthread_mutex_trylock(&aligned_lock) == 0) {
+		for (struct aligned_huge *h = aligned_list; h && !found; h = h->next)
+			found = h->p == p;
+		pthread_mutex_unlock(&aligned_lock);
+		if (!found)
+			return 0;
+	}
+	sa_defer(p, SA_DEFER_FREE);
+	return 1;
 }
 
 /*

@@ -81,13 +81,18 @@ static void *meta_alloc(size_t size, sa_flags_t flags)
 				*b = hit->next;
 				pthread_mutex_unlock(&sa_meta_lock);
 				memset(hit, 0, sizeof(*hit)); /* the rest was purged: zero */
+				sa_held_add(size);
 				return hit;
 			}
 		}
 		pthread_mutex_unlock(&sa_meta_lock);
 		void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
 			       0);
-		return p == MAP_FAILED ? NULL : p;
+		if (p == MAP_FAILED)
+			return NULL;
+		sa_held_add(
+			size); /* metadata counts in sa_memory_held (not checked: it is small) */
+		return p;
 	}
 	unsigned cls = meta_class(size);
 	size_t sz = 1ul << cls;
@@ -117,6 +122,7 @@ static void *meta_alloc(size_t size, sa_flags_t flags)
 			chunk_cur = c;
 			chunk_end = c + META_CHUNK;
 			meta_mapped += META_CHUNK;
+			sa_held_add(META_CHUNK);
 		}
 		/* classes are powers of two and chunks start page-aligned: align to the class up to 4K */
 		size_t al = sz < 4096 ? sz : 4096;
@@ -141,6 +147,7 @@ void sa_meta_free(void *p, size_t size)
 	if (size > (1ul << META_MAX_SHIFT)) {
 		size = big_round(size);
 		madvise(p, size, MADV_DONTNEED);
+		sa_held_sub(size);
 		struct meta_big *b = p;
 		b->size = size;
 		pthread_mutex_lock(&sa_meta_lock);

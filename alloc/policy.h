@@ -72,7 +72,7 @@ static inline bool sa_shrinker_allowed(sa_flags_t f, unsigned classes)
 
 static inline bool sa_may_use_reserve(sa_flags_t f)
 {
-	return f & (SA_HIGH | SA_NORECLAIM | SA_NOFAIL);
+	return (f & (SA_HIGH | SA_NORECLAIM | SA_NOFAIL)) && !(f & SA_F_NORESERVE);
 }
 
 static inline bool sa_must_not_fail(sa_flags_t f)

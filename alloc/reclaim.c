@@ -69,6 +69,7 @@ void sa_held_sub(size_t bytes)
 
 SA_API size_t sa_memory_held(void)
 {
+	sa_ensure_init(); /* the option limit and what start-up maps */
 	return atomic_load_explicit(&held, memory_order_relaxed);
 }
 
@@ -153,7 +154,9 @@ struct shrinker_node {
 	struct sa_shrinker *s;
 	struct shrinker_node *next;
 	unsigned active; /* shrinker_lock: rounds calling it now */
-	bool dead;	 /* shrinker_lock: unregistered; freed when active drops to 0 */
+	bool dead;	 /* shrinker_lock: unregistered */
+	bool waited;	 /* shrinker_lock: its unregister waits for active == 0 and frees it; else
+			  * the round that drops active to 0 frees a dead node */
 };
 static pthread_mutex_t shrinker_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t shrinker_idle = PTHREAD_COND_INITIALIZER;
@@ -225,10 +228,13 @@ SA_API void sa_shrinker_unregister(struct sa_shrinker *s)
 	}
 	nr_shrinkers--;
 	n->dead = true;
-	/* wait for the other threads' calls; ours (a shrinker unregistering itself) end later */
-	while (n->active > my_holds(n))
+	/* wait for the other threads' calls; ours (a shrinker unregistering itself) end later,
+	 * and then that round frees the node */
+	bool mine = my_holds(n) > 0;
+	n->waited = !mine;
+	while (!mine && n->active > 0)
 		pthread_cond_wait(&shrinker_idle, &shrinker_lock);
-	bool free_now = n->active == 0;
+	bool free_now = !mine; /* active is 0: no round will look at it again */
 	pthread_mutex_unlock(&shrinker_lock);
 	if (free_now)
 		sa_meta_free(n, sizeof(*n));
@@ -279,7 +285,7 @@ static size_t run_shrinkers(sa_flags_t flags)
 	unsigned nd = 0;
 	pthread_mutex_lock(&shrinker_lock);
 	for (unsigned i = 0; i < n; i++) {
-		if (--snap[i]->active == 0 && snap[i]->dead)
+		if (--snap[i]->active == 0 && snap[i]->dead && !snap[i]->waited)
 			dead_nodes[nd++] = snap[i];
 	}
 	pthread_cond_broadcast(&shrinker_idle);

@@ -212,16 +212,13 @@ static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units, uint6
 	return &seg->slabs[at];
 }
 
-/* Undo take_locked (the limit refused the charge of the run's clean units). */
-static void untake(struct sa_pages *pg, struct sa_slab *s, unsigned units, uint64_t dirty)
+/* Undo take_locked (the limit refused the charge of the run's clean units); locked. */
+static void untake_locked(struct sa_segment *seg, struct sa_slab *s, unsigned units, uint64_t dirty)
 {
-	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)s & ~(SA_SEG_SIZE - 1));
 	uint64_t mask = unit_mask((unsigned)(s - seg->slabs), units);
-	pthread_mutex_lock(&pg->lock);
 	seg->free_units |= mask;
 	seg->dirty_units |= dirty;
 	seg->nfree += units;
-	pthread_mutex_unlock(&pg->lock);
 	atomic_fetch_sub(&units_used, units);
 	atomic_fetch_add(&dirty_bytes, (uint64_t)__builtin_popcountll(dirty) * SA_UNIT_SIZE);
 }
@@ -289,11 +286,25 @@ static uintptr_t stash_remove_locked(struct sa_stash *st, unsigned i)
 }
 
 /* Free a stashed run into its segment's bitmap. */
-static void give_back_entry(uintptr_t e)
+/* Free a stashed run into its segment's bitmap; nowait: only if the page lock is free now,
+ * else later (alloc/defer.c, SA_DEFER_UNITS: the head record keeps the unit count). */
+static void give_back_entry(uintptr_t e, bool nowait)
 {
 	struct sa_slab *head = entry_head(e);
 	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
-	give_back_units(seg, (unsigned)(head - seg->slabs), entry_units(e), false);
+	if (!give_back_units(seg, (unsigned)(head - seg->slabs), entry_units(e), nowait)) {
+		head->nunits = (uint16_t)entry_units(e);
+		sa_defer(head, SA_DEFER_UNITS);
+	}
+}
+
+/* SA_DEFER_UNITS: a free run (accounted as dirty already) into its segment's bitmap. */
+void sa_segment_units_deferred(struct sa_slab *head)
+{
+	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
+	unsigned units = head->nunits;
+	head->nunits = 0;
+	give_back_units(seg, (unsigned)(head - seg->slabs), units, false);
 }
 
 /* The newest stashed run of this CPU with exactly units units on node, or NULL. */
@@ -336,8 +347,9 @@ static bool stash_put(struct sa_slab *head, unsigned units)
 	st->units += units;
 	__atomic_store_n(&st->n, st->n + 1, __ATOMIC_RELAXED);
 	stash_unlock(st);
+	bool nowait = !sa_may_block(sa_flags_effective(0));
 	for (unsigned i = 0; i < nout; i++)
-		give_back_entry(out[i]);
+		give_back_entry(out[i], nowait);
 	return true;
 }
 
@@ -357,7 +369,7 @@ static void stash_drain_all(void)
 		__atomic_store_n(&st->n, 0, __ATOMIC_RELAXED);
 		stash_unlock(st);
 		for (unsigned i = 0; i < n; i++)
-			give_back_entry(out[i]);
+			give_back_entry(out[i], false);
 	}
 }
 
@@ -380,8 +392,9 @@ static bool stash_release_range(struct sa_segment *seg, unsigned at, unsigned n)
 			i++;
 	}
 	stash_unlock(st);
+	bool nowait = !sa_may_block(sa_flags_effective(0));
 	for (unsigned i = 0; i < nout; i++)
-		give_back_entry(out[i]);
+		give_back_entry(out[i], nowait);
 	return nout > 0;
 }
 
@@ -422,21 +435,28 @@ again:
 	} else {
 		pthread_mutex_lock(&pg->lock);
 	}
-	for (struct sa_segment *seg = pg->segs; seg && !s; seg = seg->next)
-		if (seg->nfree >= units)
-			s = take_locked(seg, units, &dirty);
+	size_t clean = 0;
+	bool refused = false;
+	for (struct sa_segment *seg = pg->segs; seg && !s; seg = seg->next) {
+		if (seg->nfree < units || !(s = take_locked(seg, units, &dirty)))
+			continue;
+		/* the clean units are charged while the lock is held, so that a refusal puts the
+		 * run back at once (a NOWAIT caller could not wait for the lock again) */
+		clean = (size_t)(units - (unsigned)__builtin_popcountll(dirty)) * SA_UNIT_SIZE;
+		if (clean && !sa_held_charge(clean)) {
+			untake_locked(seg, s, units, dirty);
+			s = NULL;
+			refused = true;
+			break;
+		}
+	}
 	pthread_mutex_unlock(&pg->lock);
 	if (!nowait)
 		purge_tick();
-	size_t clean = 0;
-	if (s) {
-		clean = (size_t)(units - (unsigned)__builtin_popcountll(dirty)) * SA_UNIT_SIZE;
-		if (!clean || sa_held_charge(clean))
-			goto found;
-		untake(pg, s, units, dirty);
-		s = NULL;
+	if (s)
+		goto found;
+	if (refused)
 		goto limit;
-	}
 	if (nowait)
 		goto reserve;
 	clean = (size_t)units * SA_UNIT_SIZE;

@@ -92,6 +92,31 @@ static void partial_del_locked(struct sa_cache_node *n, struct sa_slab *s)
 }
 
 /* Account for and publish the slabs NOWAIT paths left pending (lock held). */
+/* The reserve slabs with a free object: a list of their own (on_partial == 2), which only
+ * allocations that may use the reserve take from; a reserve slab that empties is released at
+ * once, so its units are back in the reserve. */
+static void reserve_add_locked(struct sa_cache_node *n, struct sa_slab *s)
+{
+	s->on_partial = 2;
+	s->prev = NULL;
+	s->next = n->reserve_slabs;
+	if (n->reserve_slabs)
+		n->reserve_slabs->prev = s;
+	n->reserve_slabs = s;
+}
+
+static void reserve_del_locked(struct sa_cache_node *n, struct sa_slab *s)
+{
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		n->reserve_slabs = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	s->next = s->prev = NULL;
+	s->on_partial = 0;
+}
+
 static void drain_pending_locked(struct sa_cache_node *n)
 {
 	if (!atomic_load_explicit(&n->pending, memory_order_relaxed))
@@ -102,10 +127,19 @@ static void drain_pending_locked(struct sa_cache_node *n)
 		n->nr_slabs++;
 		n->units += s->nunits;
 		n->objs_out += s->inuse;
-		if (s->inuse == 0)
-			n->nr_empty++;
-		if (s->inuse < s->nobjs)
-			partial_add_locked(n, s, true);
+		if (s->flags & SA_SLAB_RESERVE) {
+			if (s->inuse < s->nobjs)
+				reserve_add_locked(n, s);
+			else
+				s->next = s->prev = NULL;
+		} else {
+			if (s->inuse == 0)
+				n->nr_empty++;
+			if (s->inuse < s->nobjs)
+				partial_add_locked(n, s, true);
+			else
+				s->next = s->prev = NULL;
+		}
 		s = next;
 	}
 }
@@ -153,22 +187,9 @@ static bool pin_units(struct sa_slab *s, sa_flags_t flags)
 	return true;
 }
 
-static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
+/* Bitmap, counts, constructed objects, records published: s becomes a slab of c. */
+static void slab_init(struct sa_cache *c, struct sa_slab *s, uint64_t *bits)
 {
-	if ((c->flags & SA_CACHE_PINNED_) && !sa_may_syscall(flags))
-		return NULL; /* mlock is a system call */
-	struct sa_slab *s = sa_segment_alloc_units(node, c->slab_units, flags, &c->bind_failures);
-	if (!s)
-		return NULL;
-	uint64_t *bits = slab_in_reserve(s)
-				 ? sa_reserve_bitmap(s)
-				 : sa_meta_alloc_flags(bitmap_bytes(c->slab_objs), flags);
-	if (!bits || ((c->flags & SA_CACHE_PINNED_) && !pin_units(s, flags))) {
-		if (bits && !slab_in_reserve(s))
-			sa_meta_free(bits, bitmap_bytes(c->slab_objs));
-		sa_segment_unuse_units(s);
-		return NULL;
-	}
 	uint32_t nobjs = c->slab_objs;
 	for (uint32_t w = 0; w < nobjs / 64; w++)
 		bits[w] = ~0ull;
@@ -189,6 +210,26 @@ static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 	for (unsigned i = 0; i < s->nunits; i++)
 		__atomic_store_n(&s[i].cache, c, __ATOMIC_RELEASE);
 	sa_stat_add(c, SA_STAT_SLAB_ALLOC, 1);
+}
+
+static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
+{
+	if ((c->flags & SA_CACHE_PINNED_) && !sa_may_syscall(flags))
+		return NULL; /* mlock is a system call */
+	/* a slab everyone takes objects from: never the reserve's units (the reserve's slabs are
+	 * made by sa_slab_alloc_reserve, for the allocations that may use it) */
+	struct sa_slab *s = sa_segment_alloc_units(node, c->slab_units, flags | SA_F_NORESERVE,
+						   &c->bind_failures);
+	if (!s)
+		return NULL;
+	uint64_t *bits = sa_meta_alloc_flags(bitmap_bytes(c->slab_objs), flags);
+	if (!bits || ((c->flags & SA_CACHE_PINNED_) && !pin_units(s, flags))) {
+		if (bits)
+			sa_meta_free(bits, bitmap_bytes(c->slab_objs));
+		sa_segment_unuse_units(s);
+		return NULL;
+	}
+	slab_init(c, s, bits);
 	return s;
 }
 
@@ -270,7 +311,7 @@ static unsigned take_private(struct sa_cache *c, struct sa_slab *s, void **dst, 
 {
 	unsigned got = 0;
 	char *base = sa_slab_base(s);
-	for (uint32_t w = 0; got < want && w < (s->nobjs + 63) / 64; w++) {
+	for (uint32_t w = s->hint; got < want && w < (s->nobjs + 63) / 64; w++) {
 		while (s->bits[w] && got < want) {
 			dst[got++] = base + ((size_t)w * 64 + (size_t)__builtin_ctzll(s->bits[w])) *
 						    c->stride;
@@ -295,10 +336,66 @@ static unsigned refill_private(struct sa_cache *c, int node, void **dst, unsigne
 		return 0;
 	struct sa_slab *s = slab_new(c, node, flags);
 	if (!s)
-		return 0;
+		return 0; /* the caller's last resort takes one object of the reserve */
 	unsigned got = take_private(c, s, dst, want);
 	pending_push(c->nodes[node], s);
 	return got;
+}
+
+/* A new slab of the reserve's units (no lock, no system call), or NULL. */
+static struct sa_slab *reserve_slab_new(struct sa_cache *c)
+{
+	if (c->flags & SA_CACHE_PINNED_)
+		return NULL; /* locking it would be a system call */
+	struct sa_slab *s = sa_reserve_take_units(c->slab_units);
+	if (!s)
+		return NULL;
+	for (unsigned i = 0; i < c->slab_units; i++) {
+		s[i].head = s;
+		s[i].nunits = (uint16_t)c->slab_units;
+	}
+	s->flags = SA_SLAB_RESERVE;
+	slab_init(c, s, sa_reserve_bitmap(s));
+	return s;
+}
+
+/*
+ * One object for an allocation that may use the emergency reserve (policy.h), after the
+ * ordinary ways failed: from a reserve slab with a free object, else from a new one. Never
+ * blocks: under SA_NOWAIT the node lock is only tried, and a new slab whose lock is busy goes
+ * pending with the object already taken from it.
+ */
+void *sa_slab_alloc_reserve(struct sa_cache *c, int node, sa_flags_t flags)
+{
+	struct sa_cache_node *n = c->nodes[node];
+	void *obj = NULL;
+	if (node_lock(n, flags)) {
+		struct sa_slab *s = n->reserve_slabs;
+		if (s) {
+			take_private(c, s, &obj, 1);
+			n->objs_out++;
+			if (s->inuse == s->nobjs)
+				reserve_del_locked(n, s);
+		}
+		pthread_mutex_unlock(&n->lock);
+		if (obj)
+			return obj;
+	}
+	struct sa_slab *s = reserve_slab_new(c);
+	if (!s)
+		return NULL;
+	take_private(c, s, &obj, 1);
+	if (!node_lock(n, flags)) {
+		pending_push(n, s);
+		return obj;
+	}
+	n->nr_slabs++;
+	n->units += s->nunits;
+	n->objs_out += s->inuse;
+	if (s->inuse < s->nobjs)
+		reserve_add_locked(n, s);
+	pthread_mutex_unlock(&n->lock);
+	return obj;
 }
 
 unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags)
@@ -364,6 +461,19 @@ static int put_locked(struct sa_cache *c, struct sa_cache_node *n, void *obj, st
 		s->hint = i / 64;
 	s->inuse--;
 	n->objs_out--;
+	if (s->flags & SA_SLAB_RESERVE) { /* back to its list, or (empty) to the reserve */
+		if (s->inuse == 0) {
+			if (s->on_partial)
+				reserve_del_locked(n, s);
+			n->nr_slabs--;
+			n->units -= s->nunits;
+			s->next = *rel;
+			*rel = s;
+		} else if (!s->on_partial) {
+			reserve_add_locked(n, s);
+		}
+		return 1;
+	}
 	if (!s->on_partial)
 		partial_add_locked(n, s, false);
 	if (s->inuse == 0) {
@@ -418,15 +528,18 @@ unsigned sa_slab_free_batch_try(struct sa_cache *c, int node, void **objs, unsig
 	return free_batch_locked(c, cn, objs, n);
 }
 
-void sa_slab_free_one(struct sa_cache *c, void *obj)
+bool sa_slab_free_one(struct sa_cache *c, void *obj)
 {
 	int node = sa_slab_of(obj)->node;
 	if (!sa_may_block(sa_flags_effective(0))) {
-		if (sa_slab_free_batch_try(c, node, &obj, 1) == UINT32_MAX)
+		if (sa_slab_free_batch_try(c, node, &obj, 1) == UINT32_MAX) {
 			sa_defer(obj, SA_DEFER_FREE); /* the lock is busy: free it later */
-		return;
+			return false;
+		}
+		return true;
 	}
 	sa_slab_free_batch(c, node, &obj, 1);
+	return true;
 }
 
 void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
@@ -449,6 +562,16 @@ void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
 	}
 	pthread_mutex_unlock(&n->lock);
 	release_list(c, rel);
+}
+
+/* Slabs and units of c on node, with the pending slabs published first (statistics). */
+void sa_slab_node_counts(struct sa_cache *c, int node, uint64_t *slabs, uint64_t *units)
+{
+	struct sa_cache_node *n = c->nodes[node];
+	node_lock(n, 0);
+	*slabs = n->nr_slabs;
+	*units = n->units;
+	pthread_mutex_unlock(&n->lock);
 }
 
 uint64_t sa_slab_inuse_racy(struct sa_cache *c)

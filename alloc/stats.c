@@ -61,15 +61,16 @@ SA_API int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *o)
 	uint64_t units = 0;
 	for (int i = 0; i < sa_nr_nodes; i++) {
 		struct sa_cache_node *n = c->nodes[i];
-		pthread_mutex_lock(&n->lock);
-		o->slabs += n->nr_slabs;
-		units += n->units;
-		pthread_mutex_unlock(&n->lock);
+		uint64_t ns, nu;
+		sa_slab_node_counts(c, i, &ns, &nu); /* publishes pending slabs first */
+		o->slabs += ns;
+		units += nu;
 		pthread_mutex_lock(&n->barn.lock);
 		for (struct sa_sheaf *s = n->barn.full; s; s = s->next)
 			cached += s->size;
 		pthread_mutex_unlock(&n->barn.lock);
 	}
+	cached += atomic_load_explicit(&c->deferred_objs, memory_order_relaxed);
 	o->bytes_held = units * SA_UNIT_SIZE;
 	uint64_t out = o->alloc_fast + o->alloc_slow + o->sheaf_alloc_objects;
 	uint64_t in = o->free_fast + o->free_slow;
@@ -96,6 +97,7 @@ SA_API int sa_scope_stats(struct sa_scope_stats *o)
 		errno = EINVAL;
 		return -1;
 	}
+	sa_ensure_init();
 	memset(o, 0, sizeof(*o));
 	o->nowait_allocs = sa_scope_allocs_under(0);
 	o->nofs_allocs = sa_scope_allocs_under(1);

@@ -487,8 +487,8 @@ SA_NOINLINE void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int w
 			return;
 	}
 direct:
-	sa_stat_add(c, SA_STAT_FREE_SLOW, 1);
-	sa_slab_free_one(c, obj);
+	if (sa_slab_free_one(c, obj)) /* not when deferred: counted when it runs */
+		sa_stat_add(c, SA_STAT_FREE_SLOW, 1);
 }
 
 /* ------------------------------------------------------------------ the rcu sheaf ------------ */
@@ -603,7 +603,7 @@ int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s)
 	if (pcs_xchg(c, SPARE, s, s->node, &old))
 		return -1;
 	sa_pcs_fold(c, old);
-	sa_sheaf_dispose(c, old);
+	sa_sheaf_dispose_flags(c, old, sa_flags_effective(0)); /* migrated: a real spare */
 	return 0;
 }
 

@@ -114,12 +114,16 @@ void sa_sheaf_dispose_flags(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t f
 	s->flags &= ~SA_SHEAF_PREFILLED;
 	if (!(s->flags & SA_SHEAF_OVERSIZE) && sa_barn_put_trylock(&c->nodes[s->node]->barn, s))
 		return;
+	atomic_fetch_add_explicit(&c->deferred_objs, s->size, memory_order_relaxed);
+	atomic_fetch_add(&sa_deferred_sheaves, 1);
 	struct sa_sheaf *head = atomic_load_explicit(&c->deferred, memory_order_relaxed);
 	do
 		s->next = head;
 	while (!atomic_compare_exchange_weak_explicit(&c->deferred, &head, s, memory_order_release,
 						      memory_order_relaxed));
 }
+
+_Atomic size_t sa_deferred_sheaves;
 
 void sa_sheaf_deferred_run(struct sa_cache *c)
 {
@@ -129,6 +133,8 @@ void sa_sheaf_deferred_run(struct sa_cache *c)
 	while (s) {
 		struct sa_sheaf *next = s->next;
 		s->next = NULL;
+		atomic_fetch_sub_explicit(&c->deferred_objs, s->size, memory_order_relaxed);
+		atomic_fetch_sub(&sa_deferred_sheaves, 1);
 		sa_sheaf_dispose(c, s);
 		s = next;
 	}
