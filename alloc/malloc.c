@@ -31,6 +31,8 @@
 #define SA_LARGE_MAX  (2ul << 20)
 #define SA_NR_CLASSES 40
 #define SA_PAGE	      4096ul
+#define SA_HUGE_HDR   8192ul /* a huge block's offset in its mapping: after sizeof(sa_segment) */
+_Static_assert(sizeof(struct sa_segment) <= SA_HUGE_HDR, "records before the block");
 
 static const uint32_t class_size[SA_NR_CLASSES] = {
 	16,   32,   48,	  64,	80,    96,    112,   128,   160,   192,	  224,	 256,	320,  384,
@@ -61,6 +63,52 @@ static void huge_account(size_t bytes, int blocks, bool add)
 	m = atomic_load_explicit(&huge_max_blocks, memory_order_relaxed);
 	while (n > m && !atomic_compare_exchange_weak(&huge_max_blocks, &m, n))
 		;
+}
+
+/* This CPU's node; 0 while the classes are being made (a signal handler's malloc during
+ * start-up must not read a class that does not exist yet). */
+static int current_node(void)
+{
+	struct sa_cache *c = __atomic_load_n(&sa_class_cache[0], __ATOMIC_ACQUIRE);
+	return c ? sa_pcs_current_node(c) : 0;
+}
+
+/*
+ * The bootstrap arena: allocations made while sheafalloc is starting and the classes or the
+ * marker caches do not exist yet (a signal handler that mallocs during the first malloc of the
+ * process, which start-up tolerates). A bump allocator over a static array: each block has its
+ * size in the 16 bytes before it; a free of one is ignored (the arena is never reused), realloc
+ * copies out of it. Exhausted: NULL, ENOMEM.
+ */
+#define SA_BOOT_BYTES (256u << 10)
+static char boot_arena[SA_BOOT_BYTES] __attribute__((aligned(64)));
+static _Atomic size_t boot_used;
+
+static void *boot_alloc(size_t size, size_t align)
+{
+	if (align < 16)
+		align = 16;
+	if (size > SA_BOOT_BYTES || align > 4096)
+		return NULL;
+	size_t at = atomic_load(&boot_used), start, end;
+	do {
+		start = (at + 16 + align - 1) & ~(align - 1);
+		end = start + ((size + 15) & ~(size_t)15);
+		if (end > SA_BOOT_BYTES)
+			return NULL;
+	} while (!atomic_compare_exchange_weak(&boot_used, &at, end));
+	*(size_t *)(boot_arena + start - 16) = size;
+	return boot_arena + start;
+}
+
+bool sa_boot_owns(const void *p)
+{
+	return (const char *)p >= boot_arena && (const char *)p < boot_arena + SA_BOOT_BYTES;
+}
+
+static size_t boot_usable(const void *p)
+{
+	return *(const size_t *)((const char *)p - 16);
 }
 
 static inline unsigned size_to_class(size_t n)
@@ -118,8 +166,7 @@ static void *large_alloc(size_t size, size_t align, sa_flags_t flags)
 	struct sa_cache *c = sa_large_cache;
 	if ((flags & SA_PIN) && !sa_may_syscall(flags))
 		return NULL; /* mlock is a system call */
-	struct sa_slab *s = sa_segment_alloc_units(sa_pcs_current_node(sa_class_cache[0]),
-						   (unsigned)units, flags, NULL);
+	struct sa_slab *s = sa_segment_alloc_units(current_node(), (unsigned)units, flags, NULL);
 	if (!s)
 		return NULL;
 	char *base = sa_slab_base(s);
@@ -276,6 +323,8 @@ bool sa_rcu_block_ok(struct sa_cache *c, struct sa_slab *s, const void *obj)
  * list lock defers the question too (a pointer that turns out not to be ours is reported then). */
 int sa_free_unknown(void *p)
 {
+	if (sa_boot_owns(p))
+		return 1; /* the bootstrap arena is never reused */
 	if (!atomic_load_explicit(&aligned_count, memory_order_relaxed))
 		return 0;
 	if (sa_may_syscall(sa_flags_effective(0)))
@@ -444,7 +493,10 @@ void sa_malloc_atfork(int phase)
 #define SA_HUGE_PURGE_MIN (1ul << 20)
 static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 {
-	size_t off = align > SA_PAGE ? align : SA_PAGE;
+	/* the block starts after the segment header and its 64 unit records (4160 bytes): no
+	 * byte of the program's block may be read as a record by a lookup of an interior
+	 * pointer */
+	size_t off = align > SA_HUGE_HDR ? align : SA_HUGE_HDR;
 	if (off >= SA_SEG_SIZE)
 		return aligned_huge_alloc(size, align, flags);
 	if (size > (size_t)PTRDIFF_MAX - off - 2 * SA_SEG_SIZE) {
@@ -487,7 +539,7 @@ static void *huge_alloc(size_t size, size_t align, sa_flags_t flags)
 	char *a = (char *)seg;
 	seg->magic = SA_HUGE_MAGIC;
 	if (!reused)
-		seg->node = sa_pcs_current_node(sa_class_cache[0]);
+		seg->node = current_node();
 	seg->huge_len = len;
 	seg->huge_off = off;
 	struct sa_slab *rec = &seg->slabs[(off >> SA_UNIT_SHIFT) & (SA_UNITS_PER_SEG - 1)];
@@ -588,6 +640,14 @@ static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags
 		if (k < SA_NR_CLASSES && sa_class_cache[k])
 			return sa_cache_alloc(sa_class_cache[k], flags);
 	}
+	if (SA_UNLIKELY(!__atomic_load_n(&sa_class_cache[SA_NR_CLASSES - 1], __ATOMIC_ACQUIRE))) {
+		void *b = boot_alloc(size, align); /* still starting: classes and markers missing */
+		if (!b)
+			errno = ENOMEM;
+		else if (flags & SA_ZERO)
+			memset(b, 0, size);
+		return b;
+	}
 	sa_flags_t sf = sa_scope_flags();
 	if (sf)
 		sa_scope_count_alloc(sf);
@@ -645,7 +705,7 @@ SA_API size_t sa_malloc_usable_size(void *p)
 	struct sa_slab *s = sa_slab_of(p);
 	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
 	if (!c)
-		return aligned_huge_find(p, 0);
+		return !s && sa_boot_owns(p) ? boot_usable(p) : aligned_huge_find(p, 0);
 	if (c == sa_large_cache)
 		return large_usable(s, p);
 	if (c == sa_huge_cache) {
