@@ -74,6 +74,12 @@ SA_API struct sa_cache *sa_cache_create(const char *name, size_t size,
 	return cache_create(name, size, args, 0);
 }
 
+struct sa_cache *sa_cache_create_internal(const char *name, size_t size,
+					  const struct sa_cache_args *args, unsigned internal)
+{
+	return cache_create(name, size, args, internal);
+}
+
 static struct sa_cache *cache_create(const char *name, size_t size,
 				     const struct sa_cache_args *args, unsigned internal)
 {
@@ -107,7 +113,7 @@ static struct sa_cache *cache_create(const char *name, size_t size,
 		errno = EINVAL;
 		return NULL;
 	}
-	if (args->flags & ~(SA_CACHE_TYPESAFE_RCU | SA_CACHE_HWCACHE_ALIGN | SA_CACHE_DEBUG)) {
+	if (args->flags & ~SA_CACHE_PUBLIC_FLAGS) {
 		sa_msg("sheafalloc: sa_cache_create('%s'): unknown flags %#x\n", name, args->flags);
 		errno = EINVAL;
 		return NULL;
@@ -178,6 +184,7 @@ SA_COLD void sa_cache_bad_free(struct sa_cache *c, const void *obj, const char *
 {
 	if (!obj)
 		return;
+	sa_ensure_init(); /* the options (bad_free) even when this is the first call */
 	sa_msg("sheafalloc: free of %p%s%s%s: %s; %s\n", obj, c ? " to cache '" : "",
 	       c ? c->name : "", c ? "'" : "", why, sa_opt.bad_free_abort ? "aborting" : "ignored");
 	if (sa_opt.bad_free_abort)
@@ -241,8 +248,10 @@ static SA_NOINLINE struct sa_cache *pinned_of(struct sa_cache *c, sa_flags_t fla
 		struct sa_cache_args a = {.align = c->align,
 					  .sheaf_capacity = c->capacity,
 					  .ctor = c->ctor,
-					  .flags = c->flags};
-		p = cache_create(name, c->size, &a, SA_CACHE_PINNED_);
+					  .flags = c->flags & SA_CACHE_PUBLIC_FLAGS,
+					  .rcu = c->rcu};
+		p = cache_create(name, c->size, &a,
+				 SA_CACHE_PINNED_ | (c->flags & SA_CACHE_KEYED_));
 		if (p) {
 			p->parent = c;
 			p->barn_max_full = c->barn_max_full;
@@ -313,15 +322,41 @@ SA_API void sa_cache_free(struct sa_cache *c, void *obj)
 		}
 		c = oc; /* an object of c's pinned companion */
 	}
+	if ((s->flags & SA_SLAB_KEYED) && !sa_free_keyed(c, obj, s))
+		return;
 	int why = sa_pcs_push_fast(c, obj, s->node);
 	if (SA_UNLIKELY(why))
 		sa_pcs_free_slow(c, obj, s->node, why);
+}
+
+/*
+ * A freed object of a keyed cache (the malloc classes: sa_free_keyed) already carried its key:
+ * freed twice, unless the program happened to leave exactly that value there. Look for it where
+ * a freed object can be: this cache's per-CPU sheaves, its barns, its slab's bitmap. Found, or
+ * not at an object's start: reported. Otherwise it is freed as usual.
+ */
+SA_COLD void sa_free_suspect(struct sa_cache *c, void *obj, struct sa_slab *s)
+{
+	if (((uintptr_t)obj & 15) || !sa_slab_obj_ok(c, s, obj)) {
+		sa_cache_bad_free(c, obj, "not the start of an object");
+		return;
+	}
+	if (sa_pcs_holds_racy(c, obj) || sa_barn_holds(c, obj) || sa_slab_holds(c, obj)) {
+		sa_cache_bad_free(c, obj, "double free (the object is free already)");
+		return;
+	}
+	((uint64_t *)obj)[1] = sa_free_key ^ (uintptr_t)obj;
+	int why = sa_pcs_push_fast(c, obj, s->node);
+	if (why)
+		sa_free_slow(c, obj, s, why);
 }
 
 SA_API void sa_free(void *obj)
 {
 	struct sa_slab *s = sa_slab_of(obj);
 	struct sa_cache *c = s ? s->cache : NULL;
+	if (SA_LIKELY(c != NULL) && (s->flags & SA_SLAB_KEYED) && !sa_free_keyed(c, obj, s))
+		return;
 	if (SA_UNLIKELY(!c)) {
 		if (s) /* our memory, but no block starts there now */
 			sa_cache_bad_free(

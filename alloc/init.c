@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/single_threaded.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 int sa_nr_cpus = 1;
 int sa_nr_nodes = 1;
 bool sa_ready;
+uint64_t sa_free_key;
 pthread_mutex_t sa_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 struct sa_cache *sa_caches;
 
@@ -174,6 +176,8 @@ void sa_init_slow(void)
 	if (!sa_ready) {
 		initializing = 1;
 		sa_nr_cpus = possible_cpus();
+		const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
+		sa_free_key = (rnd ? rnd[0] ^ rnd[1] : (uint64_t)(uintptr_t)&rnd) | 1;
 		sa_options_parse(getenv("SHEAFALLOC_OPTIONS"));
 		sa_pcs_init_mode();
 		/* the malloc classes exist before hwloc runs: it allocates (through us when we

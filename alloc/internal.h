@@ -242,8 +242,11 @@ struct sa_slab {
 };
 _Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
 
-#define SA_SLAB_PINNED	1u /* its units are mlock'ed (munlock when they go back) */
-#define SA_SLAB_RESERVE 2u /* carved from the emergency reserve: on cnode->reserve_slabs */
+#define SA_SLAB_PINNED	      1u /* its units are mlock'ed (munlock when they go back) */
+#define SA_SLAB_RESERVE	      2u /* carved from the emergency reserve: on cnode->reserve_slabs */
+#define SA_SLAB_KEYED	      4u /* every unit record of a keyed cache's slab: see sa_free_keyed */
+#define SA_CACHE_KEYED_	      (1u << 17) /* internal: frees key their objects (the malloc classes) */
+#define SA_CACHE_PUBLIC_FLAGS (SA_CACHE_TYPESAFE_RCU | SA_CACHE_HWCACHE_ALIGN | SA_CACHE_DEBUG)
 /* internal flag: this allocation may not take the emergency reserve's units (a slab for
  * everyone; reserve slabs are made by sa_slab_alloc_reserve only) */
 #define SA_F_NORESERVE	 (1u << 30)
@@ -567,6 +570,34 @@ void sa_cache_trim_barns(struct sa_cache *c); /* reclaim: barns and empty slabs,
 size_t sa_cache_cached_bytes_racy(struct sa_cache *c);
 void sa_cache_pinned_atfork(int phase);
 void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags);
+struct sa_cache *sa_cache_create_internal(const char *name, size_t size,
+					  const struct sa_cache_args *args, unsigned internal);
+void sa_free_suspect(struct sa_cache *c, void *obj, struct sa_slab *s);
+bool sa_pcs_holds_racy(struct sa_cache *c, const void *obj); /* in a per-CPU sheaf of c? */
+bool sa_barn_holds(struct sa_cache *c, const void *obj);     /* in a sheaf of c's barns? */
+bool sa_slab_holds(struct sa_cache *c, const void *obj);     /* free in its slab's bitmap? */
+
+/*
+ * Always-on double-free check of the keyed caches (the malloc classes: at least 16 bytes, no
+ * constructor, nothing promised about a free object's contents): a free writes a per-process
+ * secret xor the object's address into its second word, and malloc clears that word when it
+ * hands the object out. A free that finds the key there already is a double free, unless the
+ * program wrote exactly that value itself: sa_free_suspect looks for the object among the free
+ * ones before it reports anything. A pointer that is not 16-byte aligned is no object's start.
+ * true: go on with the free; false: the suspect path dealt with it.
+ */
+extern uint64_t sa_free_key; /* set once at start-up from AT_RANDOM */
+static inline bool sa_free_keyed(struct sa_cache *c, void *obj, struct sa_slab *s)
+{
+	uint64_t *w = (uint64_t *)obj + 1;
+	uint64_t k = sa_free_key ^ (uintptr_t)obj;
+	if (SA_UNLIKELY((uintptr_t)obj & 15) || SA_UNLIKELY(*w == k)) {
+		sa_free_suspect(c, obj, s);
+		return false;
+	}
+	*w = k;
+	return true;
+}
 void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, int why);
 
 /* RCU-deferred frees (alloc/rcu.c) */

@@ -120,6 +120,16 @@ static inline unsigned size_to_class(size_t n)
 	return 20 + (lg - 10) * 4 + mod;
 }
 
+/* An object of a malloc class: its second word held the free key (sa_free_keyed), which goes,
+ * so a later free of it is not mistaken for a double free. */
+static inline __attribute__((always_inline)) void *class_alloc(struct sa_cache *c, sa_flags_t flags)
+{
+	void *p = sa_cache_alloc(c, flags);
+	if (SA_LIKELY(p != NULL))
+		((uint64_t *)p)[1] = 0;
+	return p;
+}
+
 static struct sa_cache *marker_cache(const char *name)
 {
 	struct sa_cache *c = sa_cache_alloc_struct();
@@ -149,7 +159,8 @@ void sa_malloc_init(void)
 		if (class_size[i] > 8192)
 			a.sheaf_capacity = 4;
 		snprintf(name, sizeof(name), "malloc-%u", class_size[i]);
-		__atomic_store_n(&sa_class_cache[i], sa_cache_create(name, class_size[i], &a),
+		__atomic_store_n(&sa_class_cache[i],
+				 sa_cache_create_internal(name, class_size[i], &a, SA_CACHE_KEYED_),
 				 __ATOMIC_RELEASE);
 	}
 }
@@ -638,7 +649,7 @@ static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags
 		while (k < SA_NR_CLASSES && (class_size[k] & (align - 1)))
 			k++;
 		if (k < SA_NR_CLASSES && sa_class_cache[k])
-			return sa_cache_alloc(sa_class_cache[k], flags);
+			return class_alloc(sa_class_cache[k], flags);
 	}
 	if (SA_UNLIKELY(!__atomic_load_n(&sa_class_cache[SA_NR_CLASSES - 1], __ATOMIC_ACQUIRE))) {
 		void *b = boot_alloc(size, align); /* still starting: classes and markers missing */
@@ -672,7 +683,7 @@ static inline void *malloc_inline(size_t size, sa_flags_t flags)
 	if (SA_LIKELY(size <= 1024)) {
 		struct sa_cache *c = sa_class_cache[small_class[(size + 15) >> 4]];
 		if (SA_LIKELY(c != NULL))
-			return sa_cache_alloc(c, flags);
+			return class_alloc(c, flags);
 	}
 	return malloc_slow(size, 1, flags);
 }

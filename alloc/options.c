@@ -24,6 +24,7 @@ struct sa_options sa_opt = {
 	.stats_print = 0,
 	.debug = 0,
 	.scope_check_abort = 0,
+	.bad_free_abort = 1,
 	.purge_ms = 1000,
 	.verbose = 0,
 };

@@ -207,8 +207,11 @@ static void slab_init(struct sa_cache *c, struct sa_slab *s, uint64_t *bits)
 		for (uint32_t i = 0; i < nobjs; i++)
 			c->ctor(base + (size_t)i * c->stride);
 	}
-	for (unsigned i = 0; i < s->nunits; i++)
+	for (unsigned i = 0; i < s->nunits; i++) {
+		if (c->flags & SA_CACHE_KEYED_)
+			s[i].flags |= SA_SLAB_KEYED;
 		__atomic_store_n(&s[i].cache, c, __ATOMIC_RELEASE);
+	}
 	sa_stat_add(c, SA_STAT_SLAB_ALLOC, 1);
 }
 
@@ -562,6 +565,21 @@ void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
 	}
 	pthread_mutex_unlock(&n->lock);
 	release_list(c, rel);
+}
+
+/* Is obj free in its slab's bitmap (a double free of an object that went back already)? */
+bool sa_slab_holds(struct sa_cache *c, const void *obj)
+{
+	struct sa_slab *rec = sa_slab_of(obj);
+	if (!rec || rec->cache != c)
+		return false;
+	struct sa_cache_node *n = c->nodes[rec->node];
+	node_lock(n, 0);
+	struct sa_slab *s = rec->head;
+	uint32_t i = s ? obj_index(c, s, obj) : UINT32_MAX;
+	bool free_bit = i != UINT32_MAX && (s->bits[i / 64] >> (i % 64)) & 1;
+	pthread_mutex_unlock(&n->lock);
+	return free_bit;
 }
 
 /* Slabs and units of c on node, with the pending slabs published first (statistics). */

@@ -95,6 +95,21 @@ struct sa_sheaf *sa_barn_take_all(struct sa_barn *b)
 	return all;
 }
 
+/* Is obj in a sheaf of one of c's barns? (a double-free check: rare, takes each barn's lock) */
+bool sa_barn_holds(struct sa_cache *c, const void *obj)
+{
+	bool found = false;
+	for (int n = 0; n < sa_nr_nodes && !found; n++) {
+		struct sa_barn *b = &c->nodes[n]->barn;
+		pthread_mutex_lock(&b->lock);
+		for (struct sa_sheaf *s = b->full; s && !found; s = s->next)
+			for (uint32_t i = 0; i < s->size && !found; i++)
+				found = s->objects[i] == obj;
+		pthread_mutex_unlock(&b->lock);
+	}
+	return found;
+}
+
 bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s)
 {
 	if (pthread_mutex_trylock(&b->lock) != 0)

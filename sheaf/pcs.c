@@ -121,6 +121,8 @@ static int fb_push(struct sa_cache *c, void *obj, int node)
 		why = SA_WHY_REMOTE;
 	} else if (*t == SA_SHEAF_GUARD) {
 		why = SA_WHY_FULL;
+	} else if (t[-1] == obj) {
+		why = SA_WHY_DOUBLE;
 	} else if ((top >> SA_TOP_OPS_SHIFT) >= SA_TOP_OPS_MAX - 1) {
 		fb_fold_main(c, slot);
 		why = SA_WHY_RETRY;
@@ -469,6 +471,10 @@ SA_NOINLINE void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int w
 		case SA_WHY_FOLD:
 			fold_main(c, flags);
 			break;
+		case SA_WHY_DOUBLE:
+			sa_cache_bad_free(c, obj,
+					  "double free (it is the last object freed on this CPU)");
+			return;
 		case SA_WHY_REMOTE: /* or the slot is stopped */
 			if (node != sa_pcs_current_node(c))
 				sa_stat_add(c, SA_STAT_REMOTE_FREE, 1);
@@ -532,6 +538,36 @@ int sa_pcs_rcu_xchg(struct sa_cache *c, struct sa_sheaf *nw, struct sa_sheaf **o
 	if (r == 0)
 		SA_TSAN_ACQUIRE(*oldp);
 	return r;
+}
+
+/* Is obj in one of c's per-CPU main or spare sheaves? Racy (a double-free check): sheaves live
+ * in metadata that is never unmapped, so a stale read is harmless; the slot lock is taken in
+ * fallback mode. */
+bool sa_pcs_holds_racy(struct sa_cache *c, const void *obj)
+{
+	for (int cpu = 0; cpu < sa_nr_cpus; cpu++) {
+		struct sa_pcs_slot *slot = &c->slots[cpu];
+		bool fb = sa_pcs_mode == SA_PCS_FALLBACK;
+		if (fb)
+			spin_lock(&slot->lock);
+		bool found = false;
+		uint64_t top = __atomic_load_n(&slot->top, __ATOMIC_RELAXED);
+		void *const *t = (void *const *)(uintptr_t)(top & SA_TOP_ADDR_MASK);
+		struct sa_sheaf *m = __atomic_load_n(&slot->sh[0], __ATOMIC_ACQUIRE);
+		if (m != &sa_sheaf_sentinel && (void *const *)&m->objects[0] <= t &&
+		    t <= (void *const *)&m->objects[m->capacity])
+			for (void *const *p = &m->objects[0]; p < t && !found; p++)
+				found = *p == obj;
+		struct sa_sheaf *sp = __atomic_load_n(&slot->sh[1], __ATOMIC_ACQUIRE);
+		uint32_t n = __atomic_load_n(&sp->size, __ATOMIC_RELAXED);
+		for (uint32_t i = 0; i < n && i < sp->capacity && !found; i++)
+			found = sp->objects[i] == obj;
+		if (fb)
+			spin_unlock(&slot->lock);
+		if (found)
+			return true;
+	}
+	return false;
 }
 
 /* Objects in every CPU's rcu sheaf of c (racy: statistics). */

@@ -183,14 +183,18 @@ run_preload() { # timeout
 	done
 }
 
+# A backstop again: tests/programs/run_programs.sh bounds each program it runs itself (120-240 s
+# a side) and took 190-205 s in all on a 2-vCPU machine with two busy loops beside it, where
+# the 600 s this was left a margin of 3x only.
+SHELL_TIMEOUT=1200
 run_shell_tests() {
 	local sh
 	for sh in tests/*/*.sh; do
 		[ -f "$sh" ] || continue
 		if [ -x "$sh" ]; then
-			run_one "${sh#tests/} [shell]" 600 B="$B" -- "./$sh"
+			run_one "${sh#tests/} [shell]" "$SHELL_TIMEOUT" B="$B" -- "./$sh"
 		else
-			run_one "${sh#tests/} [shell]" 600 B="$B" -- sh "$sh"
+			run_one "${sh#tests/} [shell]" "$SHELL_TIMEOUT" B="$B" -- sh "$sh"
 		fi
 	done
 }
@@ -244,10 +248,17 @@ if [ ! -d "$B/tests" ]; then
 	FAILED=$((FAILED + 1))
 fi
 
+# Timeouts are a backstop, not a measure: the tests find their own deadlocks (no progress for
+# 30-60 s, or a generous guard on a child) and report them with their own messages; a binary
+# takes 0-15 s on an idle 2-vCPU machine. BIN_TIMEOUT leaves room for a loaded or slow machine
+# and for a test's own no-progress windows (it was 120 s, close to a few of them together);
+# a test's own guards should stay well below it.
+BIN_TIMEOUT=300
+
 # ------------------------------------------------------------------ quick -------------------
 echo "== unit and integration tests, every per-CPU mode (${MODES[*]})"
-run_unit_integration 120
-run_preload 120
+run_unit_integration "$BIN_TIMEOUT"
+run_preload "$BIN_TIMEOUT"
 run_shell_tests
 echo "== stress"
 run_stress "${SA_STRESS_QUICK:-4}"
@@ -273,8 +284,8 @@ if [ "$SET" = long ]; then
 			HWLOC_SYNTHETIC="$SYNTH" -- "$bin" "$s"
 	done
 	echo "== unit, integration and preload tests again, every mode"
-	run_unit_integration 120
-	run_preload 120
+	run_unit_integration "$BIN_TIMEOUT"
+	run_preload "$BIN_TIMEOUT"
 
 	if [ "${SA_RUN_VALGRIND:-1}" = 1 ]; then
 		echo "== valgrind (forces the fallback mode)"

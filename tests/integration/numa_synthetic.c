@@ -15,7 +15,6 @@
 #include "sa_test.h"
 
 #include <stdatomic.h>
-#include <time.h>
 
 #define SYNTH "node:2 core:1 pu:1"
 
@@ -314,13 +313,18 @@ static void test_bind_failures_tolerated(void **state)
  * sa_cache_alloc_node(node) must return an object of that node even when the thread migrates
  * during the call (the kernel's alloc_from_pcs re-checks the popped object's node for exactly
  * this reason). A shaker thread keeps moving the allocating thread between CPU 0 and CPU 1 with
- * sched_setaffinity(tid); the allocating thread never pins itself.
+ * sched_setaffinity(tid); the allocating thread never pins itself. It runs until MIG_CHANGES
+ * affinity changes and MIG_CALLS calls have been made (about 3 s on an idle 2-vCPU machine), not
+ * for a fixed time, so a slow or loaded machine exercises the same number of migrations (a 3 s
+ * window gave it fewer).
  */
+#define MIG_CHANGES 100000
+#define MIG_CALLS   10000000
 struct mig {
 	struct sa_cache *c;
 	atomic_int stop;
 	atomic_int tid;
-	long calls, wrong, wrong_local;
+	long calls, wrong; /* written by the allocating thread, read with __atomic by the shaker */
 	int first_want, first_got;
 };
 
@@ -333,12 +337,13 @@ static void *mig_alloc(void *p)
 	while (!atomic_load(&m->stop)) {
 		int want = (int)(m->calls & 1);
 		void *o = sa_cache_alloc_node(m->c, 0, want);
-		m->calls++;
+		__atomic_store_n(&m->calls, m->calls + 1, __ATOMIC_RELAXED);
 		if (o && sa_object_node(o) != want) {
-			if (!m->wrong++) {
+			if (!m->wrong) {
 				m->first_want = want;
 				m->first_got = sa_object_node(o);
 			}
+			__atomic_store_n(&m->wrong, m->wrong + 1, __ATOMIC_RELAXED);
 		}
 		if (o)
 			h[n++] = o;
@@ -369,19 +374,20 @@ static void test_alloc_node_under_migration(void **state)
 	CPU_SET(1, &sets[1]);
 	CPU_SET(0, &sets[2]);
 	CPU_SET(1, &sets[2]);
-	struct timespec t0, now;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	for (unsigned i = 0;; i++) {
-		sched_setaffinity(atomic_load(&m.tid), sizeof(cpu_set_t), &sets[i % 3]);
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec - t0.tv_sec >= 3 || (i % 64 == 0 && m.wrong > 20))
+	unsigned changes = 0;
+	for (;; changes++) {
+		sched_setaffinity(atomic_load(&m.tid), sizeof(cpu_set_t), &sets[changes % 3]);
+		if (changes % 64 == 0 &&
+		    ((changes >= MIG_CHANGES &&
+		      __atomic_load_n(&m.calls, __ATOMIC_RELAXED) >= MIG_CALLS) ||
+		     __atomic_load_n(&m.wrong, __ATOMIC_RELAXED) > 20))
 			break;
 	}
 	atomic_store(&m.stop, 1);
 	pthread_join(t, NULL);
-	print_message(
-		"%ld sa_cache_alloc_node calls under forced migration, %ld on the wrong node\n",
-		m.calls, m.wrong);
+	print_message("%ld sa_cache_alloc_node calls under %u forced migrations, %ld on the wrong "
+		      "node\n",
+		      m.calls, changes, m.wrong);
 	if (m.wrong)
 		print_error(
 			"sa_cache_alloc_node(node %d) returned an object of node %d (the thread "

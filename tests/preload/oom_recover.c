@@ -44,7 +44,7 @@ static void (*volatile f_free)(void *) = free;
 #define LIMIT	  MiB(1024)
 #define MAX_PTRS  (1u << 21) /* per thread: 1 GiB of 1 KiB blocks is 2^20 */
 #define MAX_THR	  4
-#define GUARD_SEC 300
+#define GUARD_SEC 120
 
 struct worker {
 	size_t size;

@@ -236,8 +236,10 @@ body_redis() {
 		--appendonly no --dir "$PWD" --logfile "$PWD/redis.log" --daemonize no &
 	local pid=$!
 	echo "$pid" >redis.pid
-	local i up=0
-	for ((i = 0; i < 200; i++)); do
+	# wait for the server while it runs, up to 60 s (a start-up time, not a test: it was 200
+	# tries 50 ms apart, about 10 s, which a loaded machine could use up)
+	local up=0 t0=$SECONDS
+	while [ $((SECONDS - t0)) -lt 60 ]; do
 		if [ -S "$sock" ] && [ "$(rcli ping 2>/dev/null)" = PONG ]; then
 			up=1
 			break

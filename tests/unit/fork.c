@@ -4,8 +4,10 @@
  * Deterministic forms of "another thread was inside the allocator when we forked": a helper
  * thread holds one of the allocator's locks for a short while (exactly as the library's own code
  * takes it), the main thread forks meanwhile. The allocator's atfork handlers must either wait
- * for the lock or reset it in the child; a child that cannot allocate within a few seconds is
- * deadlocked on a lock owned by a thread that does not exist in it.
+ * for the lock or reset it in the child; a child that cannot allocate within CHILD_SECONDS is
+ * deadlocked on a lock owned by a thread that does not exist in it. The child's work takes
+ * milliseconds; CHILD_SECONDS is a generous guard that no load or valgrind run comes near (it
+ * was 5 s, a bound a loaded machine or valgrind could approach), and only a hang reaches it.
  *
  *   test_fork_while_slot_locked   fallback mode's per-CPU slot spinlock (c->slots[cpu].lock);
  *                                 in rseq mode the lock is unused and the test passes trivially
@@ -20,7 +22,7 @@
 #include <stdatomic.h>
 #include <time.h>
 
-#define CHILD_SECONDS 5
+#define CHILD_SECONDS 60 /* a child that has not finished by then is deadlocked */
 
 struct holder {
 	void (*lock)(struct holder *);

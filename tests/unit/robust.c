@@ -9,6 +9,12 @@
  *   test_malloc_from_handler_during_start  a process whose first allocation starts sheafalloc
  *        while a 50 us SIGALRM handler allocates too: no crash (the handler's allocations come
  *        from the bootstrap arena while the size classes do not exist yet), 30 fresh processes
+ *   test_misuse_aborts_by_default  always-on checks, no option set: each misuse (a small double
+ *        free at once, one after other frees, of a cache object, free(p + 1), free of a page the
+ *        program mapped, free((void *)1) as the process's first call, a large double free) is
+ *        reported on stderr, naming what and which cache, and aborts (SIGABRT) before the
+ *        object can be handed out twice; with bad_free=warn the process goes on and the next
+ *        allocations are all distinct (nothing was corrupted)
  */
 #include "sa_test.h"
 
@@ -110,13 +116,141 @@ static void test_malloc_from_handler_during_start(void **state)
 	}
 }
 
+/* ------------------------------------------------------------------ always-on checks -------- */
+#include <sys/mman.h>
+
+/* One misuse each; the child must not get past it (bad_free=abort by default). */
+static int misuse_child(int kind)
+{
+	static void *seen[64];
+	switch (kind) {
+	case 0: { /* small double free, at once */
+		void *p = sa_malloc(40);
+		sa_free(p);
+		sa_free(p);
+		break;
+	}
+	case 1: { /* small double free after other frees */
+		void *a = sa_malloc(24), *b = sa_malloc(24), *c = sa_malloc(24);
+		sa_free(a);
+		sa_free(b);
+		sa_free(c);
+		sa_free(a);
+		break;
+	}
+	case 2: { /* a cache object freed twice after another */
+		struct sa_cache *cc = sa_cache_create("robust-dfree", 48, NULL);
+		void *a = sa_cache_alloc(cc, 0), *b = sa_cache_alloc(cc, 0);
+		sa_cache_free(cc, a);
+		sa_cache_free(cc, a);
+		(void)b;
+		break;
+	}
+	case 3: { /* not an object's start */
+		char *p = sa_malloc(100);
+		sa_free(p + 1);
+		break;
+	}
+	case 4: { /* a page the program mapped itself */
+		void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			       0);
+		sa_free(m);
+		break;
+	}
+	case 5: /* the first call of the process: the options are read first */
+		sa_free((void *)1);
+		break;
+	case 6: { /* a large block freed twice */
+		void *p = sa_malloc(300000);
+		sa_free(p);
+		sa_free(p);
+		break;
+	}
+	case 7: { /* freed twice with a malloc in between that got another block */
+		void *p = sa_malloc(64);
+		sa_free(p);
+		void *q = sa_malloc(200);
+		sa_free(p);
+		sa_free(q);
+		break;
+	}
+	}
+	/* got past the misuse: whatever happens next must not hand out one block twice */
+	for (int i = 0; i < 64; i++)
+		seen[i] = sa_malloc(40);
+	for (int i = 0; i < 64; i++)
+		for (int k = 0; k < i; k++)
+			if (seen[i] == seen[k])
+				return 9;
+	return 0;
+}
+
+static int spawn_kind(int kind, const char *opts, char *err, size_t errlen)
+{
+	char k[16], path[] = "/tmp/sa_robust_XXXXXX";
+	snprintf(k, sizeof(k), "%d", kind);
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fd, 2);
+	char env_opt[256];
+	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s", opts);
+	char *envp[] = {env_opt, NULL};
+	char *argv[] = {"robust", "--misuse", k, NULL};
+	pid_t pid;
+	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, envp), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	int st = 0;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	ssize_t n = pread(fd, err, errlen - 1, 0);
+	err[n > 0 ? n : 0] = 0;
+	close(fd);
+	return st;
+}
+
+static void test_misuse_aborts_by_default(void **state)
+{
+	(void)state;
+	if (running_on_valgrind())
+		skip();
+	static const char *const what[] = {"double free",
+					   "double free",
+					   "double free",
+					   "not the start",
+					   "not a sheafalloc object",
+					   "not a sheafalloc object",
+					   "not an allocated block",
+					   "double free"};
+	char err[4096];
+	for (int kind = 0; kind < 8; kind++) {
+		int st = spawn_kind(kind, "", err, sizeof(err));
+		if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT)
+			fail_msg("misuse %d: no abort (status %#x); stderr: %s", kind, st, err);
+		if (!strstr(err, what[kind]) || !strstr(err, "aborting"))
+			fail_msg("misuse %d: report '%s' does not say '%s'", kind, err, what[kind]);
+		st = spawn_kind(kind, "bad_free=warn", err, sizeof(err));
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			fail_msg("misuse %d with bad_free=warn: status %#x; stderr: %s", kind, st,
+				 err);
+		if (!strstr(err, what[kind]) || !strstr(err, "ignored"))
+			fail_msg("misuse %d with bad_free=warn: report '%s'", kind, err);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "--handler-child") == 0)
 		return handler_child();
+	if (argc > 2 && strcmp(argv[1], "--misuse") == 0)
+		return misuse_child(atoi(argv[2]));
+	sa_init();
+	sa_opt.bad_free_abort = 0; /* the interior-pointer test checks report-and-ignore */
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_huge_block_interior_pointers),
 		cmocka_unit_test(test_malloc_from_handler_during_start),
+		cmocka_unit_test(test_misuse_aborts_by_default),
 	};
 	return cmocka_run_group_tests_name("robust", tests, NULL, NULL);
 }

@@ -70,6 +70,7 @@ enum sa_pcs_why {
 	SA_WHY_WRONGNODE, /* xchg: the new sheaf's node is not this CPU's */
 	SA_WHY_RETRY,	  /* just retry the fast path */
 	SA_WHY_NOSPARE,	  /* slow path: the spare cannot help */
+	SA_WHY_DOUBLE,	  /* push: the object is the last one pushed (a double free) */
 };
 
 /*
@@ -116,7 +117,8 @@ fold:
 
 /*
  * Push: *top = obj (speculative: above size, invisible until the commit), unless *top is the
- * guard at objects[capacity] (full); commit slot->top = top + 8 with ops + 1. The object's node
+ * guard at objects[capacity] (full) or top[-1] is obj itself (freed twice in a row: reported by
+ * the slow path, never pushed twice); commit slot->top = top + 8 with ops + 1. The object's node
  * must be the slot's.
  */
 static inline __attribute__((always_inline)) int sa_rseq_push(struct sa_pcs_slot *tab, long off,
@@ -132,6 +134,10 @@ static inline __attribute__((always_inline)) int sa_rseq_push(struct sa_pcs_slot
 			  "andq %[st], %[t]\n\t"
 			  "cmpq $1, (%[t])\n\t"
 			  "je %l[full]\n\t"
+			  /* the last object pushed again: a double free (the guard below objects[0]
+			   * never equals an object) */
+			  "cmpq %[obj], -8(%[t])\n\t"
+			  "je %l[dfree]\n\t"
 			  "movq %[obj], (%[t])\n\t"
 			  "movabsq $0x1000000000008, %[t]\n\t"
 			  "addq %[t], %[st]\n\t"
@@ -142,7 +148,7 @@ static inline __attribute__((always_inline)) int sa_rseq_push(struct sa_pcs_slot
 			  : [off] "r"(off), [tab] "r"(tab), [obj] "r"(obj),
 			    [key] "r"((unsigned long)(unsigned)node << 32)
 			  : "memory", "cc"
-			  : unreg, remote, full, fold);
+			  : unreg, remote, full, fold, dfree);
 	return 0;
 unreg:
 	return SA_WHY_UNREG;
@@ -152,6 +158,8 @@ full:
 	return SA_WHY_FULL;
 fold:
 	return SA_WHY_FOLD;
+dfree:
+	return SA_WHY_DOUBLE;
 }
 
 /*
