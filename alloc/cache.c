@@ -23,8 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "alloc/scope.h"
-#include "sheaf/pcs_inline.h"
+#include "alloc/cache_inline.h"
 
 static unsigned auto_capacity(size_t stride)
 {
@@ -126,7 +125,10 @@ static struct sa_cache *cache_create(const char *name, size_t size,
 		align = SA_CACHELINE;
 	/* nothing is written into a free object (slabs keep bitmaps), so a constructed or
 	 * SA_CACHE_TYPESAFE_RCU object needs no room for a link */
-	size_t stride = (size + align - 1) & ~(align - 1);
+	unsigned debug = (args->flags & SA_CACHE_DEBUG) ? SA_DEBUG_ALL : sa_opt.debug;
+	/* a red zone of at least 16 bytes after every object (debug Z) */
+	size_t room = (debug & SA_DEBUG_REDZONE) ? size + 16 : size;
+	size_t stride = (room + align - 1) & ~(align - 1);
 	size_t units = (stride * 8 + SA_UNIT_SIZE - 1) / SA_UNIT_SIZE;
 	if (units > 32)
 		units = (stride * 2 + SA_UNIT_SIZE - 1) / SA_UNIT_SIZE;
@@ -165,6 +167,9 @@ static struct sa_cache *cache_create(const char *name, size_t size,
 	c->align = (uint32_t)align;
 	c->capacity = capacity;
 	c->stride_recip = ((1ull << SA_RECIP_SHIFT) + stride - 1) / stride;
+	c->debug = debug;
+	if (debug) /* the key would disturb poisoning; the debug checks are stronger anyway */
+		internal &= ~SA_CACHE_KEYED_;
 	c->flags = args->flags | internal;
 	sa_rcu_cache_init(c, args->rcu);
 	c->ctor = args->ctor;
@@ -299,14 +304,7 @@ SA_NOINLINE void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags)
 
 SA_API void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
 {
-	/* the scope layer's one thread-local load; SA_ZERO and SA_PIN leave the fast path too */
-	if (SA_UNLIKELY(sa_scope_flags() | (flags & (SA_ZERO | SA_PIN))))
-		return sa_cache_alloc_special(c, flags);
-	int why = 0;
-	void *obj = sa_pcs_pop_fast(c, &why);
-	if (SA_LIKELY(obj != NULL))
-		return obj;
-	return sa_pcs_alloc_slow(c, flags, why);
+	return sa_cache_alloc_ra(c, flags, __builtin_return_address(0));
 }
 
 SA_API void sa_cache_free(struct sa_cache *c, void *obj)
@@ -325,8 +323,10 @@ SA_API void sa_cache_free(struct sa_cache *c, void *obj)
 	if ((s->flags & SA_SLAB_KEYED) && !sa_free_keyed(c, obj, s))
 		return;
 	int why = sa_pcs_push_fast(c, obj, s->node);
-	if (SA_UNLIKELY(why))
+	if (SA_UNLIKELY(why)) {
+		sa_caller = __builtin_return_address(0);
 		sa_pcs_free_slow(c, obj, s->node, why);
+	}
 }
 
 /*
@@ -367,8 +367,10 @@ SA_API void sa_free(void *obj)
 		return;
 	}
 	int why = sa_pcs_push_fast(c, obj, s->node);
-	if (SA_UNLIKELY(why))
+	if (SA_UNLIKELY(why)) {
+		sa_caller = __builtin_return_address(0);
 		sa_free_slow(c, obj, s, why);
+	}
 }
 
 /* A topology with more nodes was loaded after c was created (start-up): give c those nodes. */
@@ -548,7 +550,7 @@ SA_API const char *sa_cache_name(const struct sa_cache *c)
 
 SA_API size_t sa_cache_object_size(const struct sa_cache *c)
 {
-	return c ? c->stride : 0;
+	return c ? (c->debug ? c->size : c->stride) : 0; /* a red zone is not usable */
 }
 
 SA_API unsigned sa_cache_sheaf_capacity(const struct sa_cache *c)

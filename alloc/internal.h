@@ -312,6 +312,7 @@ struct sa_cache {
 	struct sa_cache *_Atomic pinned;     /* SA_PIN companion (same objects, mlock'ed slabs) */
 	struct sa_cache *parent;	     /* of a companion: the cache it pins for */
 	const struct rcu_flavor_struct *rcu; /* sa_free_rcu's grace periods (liburcu flavor) */
+	uint32_t debug;			     /* SA_DEBUG_* checks (alloc/debug.c); 0: none */
 	struct sa_cache_node *nodes[SA_MAX_NODES];
 	char name[64];
 	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
@@ -343,6 +344,22 @@ static inline void sa_stat_add(struct sa_cache *c, enum sa_stat_item i, uint64_t
 	atomic_fetch_add_explicit(&c->stat[i], n, memory_order_relaxed);
 }
 
+/* debugging checks (alloc/debug.c): the letters of the option debug= */
+#define SA_DEBUG_SANITY	 1u /* F: every free checked at its slab (the per-CPU sheaves are off) */
+#define SA_DEBUG_REDZONE 2u /* Z: 16+ bytes after each object, checked on free */
+#define SA_DEBUG_POISON	 4u /* P: freed objects filled, checked when handed out again */
+#define SA_DEBUG_OWNER	 8u /* U: allocation and free call sites, printed with every report */
+#define SA_DEBUG_ALL	 15u
+
+extern __thread const void *sa_caller __attribute__((tls_model("initial-exec")));
+size_t sa_debug_meta_bytes(const struct sa_cache *c, uint32_t nobjs); /* bitmap + owners */
+void sa_debug_slab_init(struct sa_cache *c, struct sa_slab *s);
+void sa_debug_on_alloc(struct sa_cache *c, struct sa_slab *s, uint32_t i);
+void sa_debug_on_free(struct sa_cache *c, struct sa_slab *s, uint32_t i);
+void sa_debug_bad_free(struct sa_cache *c, struct sa_slab *s, uint32_t i, const void *obj,
+		       const char *what);
+uint32_t sa_debug_index(const struct sa_cache *c, const struct sa_slab *s, const void *p);
+
 /* options (alloc/options.c) */
 struct sa_options {
 	unsigned sheaf_capacity; /* 0: auto */
@@ -352,7 +369,7 @@ struct sa_options {
 	size_t limit;
 	size_t reserve;	 /* emergency reserve, bytes (alloc/segment.c) */
 	int stats_print; /* 0 no, 1 text, 2 json */
-	unsigned debug;
+	unsigned debug;	 /* SA_DEBUG_* (alloc/debug.c) */
 	int scope_check_abort;
 	int bad_free_abort; /* bad_free=abort: a bad free is reported, then the process aborts */
 	unsigned purge_ms;

@@ -24,8 +24,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "alloc/scope.h"
-#include "sheaf/pcs_inline.h"
+#include "alloc/cache_inline.h"
 
 #define SA_SMALL_MAX  32768ul
 #define SA_LARGE_MAX  (2ul << 20)
@@ -124,7 +123,8 @@ static inline unsigned size_to_class(size_t n)
  * so a later free of it is not mistaken for a double free. */
 static inline __attribute__((always_inline)) void *class_alloc(struct sa_cache *c, sa_flags_t flags)
 {
-	void *p = sa_cache_alloc(c, flags);
+	/* inlined into the family's functions: the return address is the program's call site */
+	void *p = sa_cache_alloc_ra(c, flags, __builtin_return_address(0));
 	if (SA_LIKELY(p != NULL))
 		((uint64_t *)p)[1] = 0;
 	return p;
@@ -645,8 +645,11 @@ static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags
 		return NULL;
 	}
 	if (size <= SA_SMALL_MAX && align <= SA_PAGE) {
+		/* objects sit at base + i * stride: a stride that is a multiple of the alignment
+		 * (the class size; more under debug=Z, whose red zones widen the stride) */
 		unsigned k = size_to_class(size);
-		while (k < SA_NR_CLASSES && (class_size[k] & (align - 1)))
+		while (k < SA_NR_CLASSES && sa_class_cache[k] &&
+		       (sa_class_cache[k]->stride & (align - 1)))
 			k++;
 		if (k < SA_NR_CLASSES && sa_class_cache[k])
 			return class_alloc(sa_class_cache[k], flags);
@@ -723,7 +726,7 @@ SA_API size_t sa_malloc_usable_size(void *p)
 		struct sa_segment *seg = seg_of(p);
 		return seg->huge_len - seg->huge_off;
 	}
-	return c->stride;
+	return c->debug ? c->size : c->stride; /* a red zone is not usable */
 }
 
 static void *huge_realloc(void *p, size_t size, sa_flags_t flags)

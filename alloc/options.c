@@ -44,7 +44,7 @@ void sa_msg(const char *fmt, ...)
 	(void)w;
 }
 
-enum opt_type { OPT_UINT, OPT_SIZE, OPT_BOOL, OPT_ENUM };
+enum opt_type { OPT_UINT, OPT_SIZE, OPT_BOOL, OPT_ENUM, OPT_LETTERS };
 
 struct opt_desc {
 	const char *name;
@@ -71,7 +71,9 @@ static const struct opt_desc table[] = {
 	 "a NOWAIT scope opens (0: none)"},
 	{"stats_print", OPT_ENUM, &sa_opt.stats_print, 0, 2, "0|1|json",
 	 "print every cache's statistics at exit (1: text, json: JSON)"},
-	{"debug", OPT_ENUM, &sa_opt.debug, 0, 1, "0|all", "debugging checks on every cache"},
+	{"debug", OPT_LETTERS, &sa_opt.debug, 0, SA_DEBUG_ALL, "FZPU",
+	 "debugging checks on every cache and malloc: F sanity on every free, Z red zones, P "
+	 "poisoning, U owner tracking; all = FZPU, 0 = none (docs/robustness.md)"},
 	{"scope_check", OPT_ENUM, &sa_opt.scope_check_abort, 0, 1, "warn|abort",
 	 "what a scope restored out of order does"},
 	{"bad_free", OPT_ENUM, &sa_opt.bad_free_abort, 0, 1, "warn|abort",
@@ -155,7 +157,20 @@ static void set_one(const char *key, size_t klen, const char *val, size_t vlen, 
 			continue;
 		unsigned long long x = 0;
 		int ok = has_val;
-		if (ok && d->type == OPT_ENUM) {
+		if (ok && d->type == OPT_LETTERS) { /* a set of letters, "all", or "0" */
+			if (vlen == 3 && memcmp(val, "all", 3) == 0) {
+				x = d->max;
+			} else if (vlen == 1 && val[0] == '0') {
+				x = 0;
+			} else {
+				for (size_t i = 0; i < vlen && ok; i++) {
+					const char *at = strchr(d->values, val[i]);
+					ok = at && val[i];
+					if (ok)
+						x |= 1ull << (at - d->values);
+				}
+			}
+		} else if (ok && d->type == OPT_ENUM) {
 			int e = parse_enum(d->values, val, vlen);
 			/* stats_print=json and debug=all: "1" is accepted as a synonym of the last value */
 			if (e < 0 && vlen == 1 && val[0] == '1')
@@ -173,6 +188,10 @@ static void set_one(const char *key, size_t klen, const char *val, size_t vlen, 
 			if (d->type == OPT_ENUM)
 				sa_msg("sheafalloc: SHEAFALLOC_OPTIONS: bad value '%.*s' for '%s' "
 				       "(expected %s); keeping the default\n",
+				       (int)vlen, val, d->name, d->values);
+			else if (d->type == OPT_LETTERS)
+				sa_msg("sheafalloc: SHEAFALLOC_OPTIONS: bad value '%.*s' for '%s' "
+				       "(expected letters of %s, all or 0); keeping the default\n",
 				       (int)vlen, val, d->name, d->values);
 			else
 				sa_msg("sheafalloc: SHEAFALLOC_OPTIONS: bad value '%.*s' for '%s' "
@@ -246,6 +265,14 @@ void sa_options_print(int fd)
 			}
 			size_t l = p ? strcspn(p, "|") : 0;
 			snprintf(val, sizeof(val), "%.*s", (int)l, p ? p : "");
+		} else if (d->type == OPT_LETTERS) {
+			size_t k = 0;
+			for (unsigned i = 0; d->values[i] && k + 1 < sizeof(val); i++)
+				if (v & (1ull << i))
+					val[k++] = d->values[i];
+			val[k] = 0;
+			if (!k)
+				snprintf(val, sizeof(val), "0");
 		} else {
 			snprintf(val, sizeof(val), "%llu", v);
 		}

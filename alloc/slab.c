@@ -35,9 +35,10 @@
 
 #define SA_KEEP_EMPTY 2
 
-static size_t bitmap_bytes(uint32_t nobjs)
+/* The slab's metadata block: its bitmap, and a debugged cache's owner records after it. */
+static size_t meta_bytes(const struct sa_cache *c, uint32_t nobjs)
 {
-	return ((size_t)nobjs + 63) / 64 * sizeof(uint64_t);
+	return sa_debug_meta_bytes(c, nobjs);
 }
 
 /* Index of obj in the slab at base; UINT32_MAX if obj is not at an object boundary. */
@@ -207,6 +208,8 @@ static void slab_init(struct sa_cache *c, struct sa_slab *s, uint64_t *bits)
 		for (uint32_t i = 0; i < nobjs; i++)
 			c->ctor(base + (size_t)i * c->stride);
 	}
+	if (c->debug)
+		sa_debug_slab_init(c, s);
 	for (unsigned i = 0; i < s->nunits; i++) {
 		if (c->flags & SA_CACHE_KEYED_)
 			s[i].flags |= SA_SLAB_KEYED;
@@ -225,10 +228,10 @@ static struct sa_slab *slab_new(struct sa_cache *c, int node, sa_flags_t flags)
 						   &c->bind_failures);
 	if (!s)
 		return NULL;
-	uint64_t *bits = sa_meta_alloc_flags(bitmap_bytes(c->slab_objs), flags);
+	uint64_t *bits = sa_meta_alloc_flags(meta_bytes(c, c->slab_objs), flags);
 	if (!bits || ((c->flags & SA_CACHE_PINNED_) && !pin_units(s, flags))) {
 		if (bits)
-			sa_meta_free(bits, bitmap_bytes(c->slab_objs));
+			sa_meta_free(bits, meta_bytes(c, c->slab_objs));
 		sa_segment_unuse_units(s);
 		return NULL;
 	}
@@ -241,7 +244,7 @@ void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s)
 {
 	sa_stat_add(c, SA_STAT_SLAB_FREE, 1);
 	if (!slab_in_reserve(s))
-		sa_meta_free(s->bits, bitmap_bytes(s->nobjs));
+		sa_meta_free(s->bits, meta_bytes(c, s->nobjs));
 	s->bits = NULL;
 	if (s->flags & SA_SLAB_PINNED)
 		munlock(sa_slab_base(s), (size_t)s->nunits * SA_UNIT_SIZE);
@@ -348,8 +351,8 @@ static unsigned refill_private(struct sa_cache *c, int node, void **dst, unsigne
 /* A new slab of the reserve's units (no lock, no system call), or NULL. */
 static struct sa_slab *reserve_slab_new(struct sa_cache *c)
 {
-	if (c->flags & SA_CACHE_PINNED_)
-		return NULL; /* locking it would be a system call */
+	if ((c->flags & SA_CACHE_PINNED_) || c->debug)
+		return NULL; /* locking it would be a system call; no room for owner records */
 	struct sa_slab *s = sa_reserve_take_units(c->slab_units);
 	if (!s)
 		return NULL;
@@ -401,7 +404,7 @@ void *sa_slab_alloc_reserve(struct sa_cache *c, int node, sa_flags_t flags)
 	return obj;
 }
 
-unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags)
+static unsigned refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags)
 {
 	struct sa_cache_node *n = c->nodes[node];
 	unsigned got = 0;
@@ -438,6 +441,25 @@ unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want,
 	return got;
 }
 
+unsigned sa_slab_refill(struct sa_cache *c, int node, void **dst, unsigned want, sa_flags_t flags)
+{
+	unsigned got = refill(c, node, dst, want, flags);
+	if (SA_UNLIKELY(c->debug)) /* the objects are the caller's now: no lock needed */
+		for (unsigned k = 0; k < got; k++) {
+			struct sa_slab *h = sa_slab_of(dst[k])->head;
+			sa_debug_on_alloc(c, h, obj_index(c, h, dst[k]));
+		}
+	return got;
+}
+
+/* The object a pointer points into (for a report of an interior pointer). */
+uint32_t sa_debug_index(const struct sa_cache *c, const struct sa_slab *s, const void *p)
+{
+	uint64_t off = (uint64_t)((const char *)p - sa_slab_base(s));
+	uint64_t i = off / c->stride;
+	return i < s->nobjs ? (uint32_t)i : 0;
+}
+
 void *sa_slab_alloc_one(struct sa_cache *c, int node, sa_flags_t flags)
 {
 	void *obj = NULL;
@@ -451,14 +473,24 @@ static int put_locked(struct sa_cache *c, struct sa_cache_node *n, void *obj, st
 	struct sa_slab *s = sa_slab_of(obj)->head;
 	uint32_t i = obj_index(c, s, obj);
 	if (SA_UNLIKELY(i == UINT32_MAX)) {
-		sa_cache_bad_free(c, obj, "not the start of an object (found when flushed)");
+		if (c->debug) /* the object it points into, with its owners */
+			sa_debug_bad_free(c, s, sa_debug_index(c, s, obj), obj,
+					  "free of a pointer that is not an object's start");
+		else
+			sa_cache_bad_free(c, obj,
+					  "not the start of an object (found when flushed)");
 		return 0;
 	}
 	uint64_t bit = 1ull << (i % 64);
 	if (SA_UNLIKELY(s->bits[i / 64] & bit)) {
-		sa_cache_bad_free(c, obj, "double free (found when flushed)");
+		if (c->debug)
+			sa_debug_bad_free(c, s, i, obj, "double free");
+		else
+			sa_cache_bad_free(c, obj, "double free (found when flushed)");
 		return 0;
 	}
+	if (c->debug)
+		sa_debug_on_free(c, s, i);
 	s->bits[i / 64] |= bit;
 	if (i / 64 < s->hint)
 		s->hint = i / 64;

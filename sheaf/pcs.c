@@ -425,6 +425,8 @@ SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int wh
 	flags = sa_flags_effective(flags);
 	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
 		sa_deferred_run();
+	if (SA_UNLIKELY(c->debug)) /* a debugged cache: every object through its slab */
+		goto direct;
 	for (int tries = 0; tries < 16; tries++) {
 		switch (why) {
 		case SA_WHY_EMPTY:
@@ -462,6 +464,8 @@ SA_NOINLINE void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int w
 	sa_flags_t flags = sa_flags_effective(0);
 	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
 		sa_deferred_run();
+	if (SA_UNLIKELY(c->debug)) /* a debugged cache: every object through its slab */
+		goto direct;
 	for (int tries = 0; tries < 16; tries++) {
 		switch (why) {
 		case SA_WHY_FULL:

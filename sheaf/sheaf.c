@@ -334,7 +334,7 @@ SA_API void sa_sheaf_return(struct sa_cache *c, sa_flags_t flags, struct sa_shea
 	c = owner(c, s);
 	sheaf_account_taken(c, s);
 	s->flags &= ~SA_SHEAF_PREFILLED;
-	if (!(s->flags & SA_SHEAF_OVERSIZE)) {
+	if (!(s->flags & SA_SHEAF_OVERSIZE) && !c->debug) { /* debugged: every object back */
 		if (sa_pcs_offer_spare(c, s) == 0) {
 			sa_stat_add(c, SA_STAT_RETURN_FAST, 1);
 			return;
