@@ -153,16 +153,20 @@ void sa_malloc_init(void)
 	}
 	sa_large_cache = marker_cache("(large blocks)");
 	sa_huge_cache = marker_cache("(huge blocks)");
+	/* made first, published together: while any class is missing, every allocation (a
+	 * signal handler's during this, which holds the cache-list and metadata locks) comes from
+	 * the bootstrap arena and takes no lock */
+	struct sa_cache *made[SA_NR_CLASSES];
 	for (unsigned i = 0; i < SA_NR_CLASSES; i++) {
 		char name[32];
 		struct sa_cache_args a = {.align = 16};
 		if (class_size[i] > 8192)
 			a.sheaf_capacity = 4;
 		snprintf(name, sizeof(name), "malloc-%u", class_size[i]);
-		__atomic_store_n(&sa_class_cache[i],
-				 sa_cache_create_internal(name, class_size[i], &a, SA_CACHE_KEYED_),
-				 __ATOMIC_RELEASE);
+		made[i] = sa_cache_create_internal(name, class_size[i], &a, SA_CACHE_KEYED_);
 	}
+	for (unsigned i = 0; i < SA_NR_CLASSES; i++)
+		__atomic_store_n(&sa_class_cache[i], made[i], __ATOMIC_RELEASE);
 }
 
 /* ------------------------------------------------------------------ large and huge blocks ---- */
