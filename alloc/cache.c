@@ -522,6 +522,13 @@ SA_API void sa_cache_destroy(struct sa_cache *c)
 	}
 	pthread_mutex_unlock(&sa_caches_lock);
 	cache_flush_all(c, 0);
+	if ((c->flags & SA_CACHE_TYPESAFE_RCU) || sa_cache_stat_racy(c, SA_STAT_RCU_SUBMITTED)) {
+		/* the RCU thread may still hold its objects or slabs (the flush just submitted its
+		 * rcu sheaves): let it finish with them before the cache goes */
+		sa_rcu_barrier();
+		cache_flush_all(c, 0); /* what came back after the grace period */
+		sa_rcu_barrier();      /* typesafe slabs that flush emptied */
+	}
 	uint64_t live = sa_slab_inuse_racy(c);
 	if (live) {
 		/* objects still out there may be freed later: keep the cache and their slabs */

@@ -176,8 +176,11 @@ void sa_init_slow(void)
 	if (!sa_ready) {
 		initializing = 1;
 		sa_nr_cpus = possible_cpus();
-		const uint64_t *rnd = (const uint64_t *)getauxval(AT_RANDOM);
-		sa_free_key = (rnd ? rnd[0] ^ rnd[1] : (uint64_t)(uintptr_t)&rnd) | 1;
+		const unsigned char *rnd = (const unsigned char *)getauxval(AT_RANDOM);
+		uint64_t r[2] = {(uint64_t)(uintptr_t)&rnd, 0};
+		if (rnd)
+			memcpy(r, rnd, sizeof(r)); /* 16 bytes, any alignment */
+		sa_free_key = (r[0] ^ r[1]) | 1;
 		sa_options_parse(getenv("SHEAFALLOC_OPTIONS"));
 		sa_pcs_init_mode();
 		/* the malloc classes exist before hwloc runs: it allocates (through us when we

@@ -344,6 +344,11 @@ static inline void sa_stat_add(struct sa_cache *c, enum sa_stat_item i, uint64_t
 	atomic_fetch_add_explicit(&c->stat[i], n, memory_order_relaxed);
 }
 
+static inline uint64_t sa_cache_stat_racy(struct sa_cache *c, enum sa_stat_item i)
+{
+	return atomic_load_explicit(&c->stat[i], memory_order_relaxed);
+}
+
 /* debugging checks (alloc/debug.c): the letters of the option debug= */
 #define SA_DEBUG_SANITY	 1u /* F: every free checked at its slab (the per-CPU sheaves are off) */
 #define SA_DEBUG_REDZONE 2u /* Z: 16+ bytes after each object, checked on free */

@@ -67,6 +67,9 @@ static pthread_mutex_t gp_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int thread_state; /* 0 none, 1 being created, 2 running */
 static bool kicked;		 /* rcu_lock: work arrived since the thread last looked */
 
+static void start_thread(void);
+static void ensure_thread(void);
+
 void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavor)
 {
 	c->rcu = flavor ? flavor : &urcu_memb_flavor;
@@ -85,12 +88,13 @@ void sa_rcu_submit(struct sa_cache *c, struct sa_sheaf *s)
 	s->flags |= SA_SHEAF_RCU;
 	sa_stat_add(c, SA_STAT_RCU_SUBMITTED, 1);
 	sa_stat_add(c, SA_STAT_RCU_QUEUED, s->size);
+	/* counted before it can be taken: a barrier's target never runs ahead of the work */
+	atomic_fetch_add(&submitted, 1);
 	struct sa_sheaf *head = atomic_load_explicit(&pending, memory_order_relaxed);
 	do
 		s->next = head;
 	while (!atomic_compare_exchange_weak_explicit(&pending, &head, s, memory_order_release,
 						      memory_order_relaxed));
-	atomic_fetch_add(&submitted, 1);
 	sa_rcu_kick();
 }
 
@@ -99,12 +103,12 @@ bool sa_rcu_slab_release(struct sa_cache *c, struct sa_slab *s)
 	if (!(c->flags & SA_CACHE_TYPESAFE_RCU))
 		return false;
 	sa_stat_add(c, SA_STAT_RCU_SLABS_DELAYED, 1);
+	atomic_fetch_add(&submitted, 1);
 	struct sa_slab *head = atomic_load_explicit(&pending_slabs, memory_order_relaxed);
 	do
 		s->next = head;
 	while (!atomic_compare_exchange_weak_explicit(&pending_slabs, &head, s,
 						      memory_order_release, memory_order_relaxed));
-	atomic_fetch_add(&submitted, 1);
 	sa_rcu_kick();
 	return true;
 }
@@ -136,6 +140,7 @@ static SA_NOINLINE void free_rcu_slow(struct sa_cache *c, void *obj, int why)
 				break; /* stopped: a drain owns the slot now */
 			}
 			sa_rcu_submit(c, old);
+			ensure_thread(); /* its tick must find this sheaf, whoever fills it */
 		} else if (why != SA_WHY_UNREG) {
 			break;
 		}
@@ -188,8 +193,11 @@ static void free_sheaf(struct sa_sheaf *s)
 	unsigned n = s->size;
 	int node = -1;
 	bool pure = true;
-	for (unsigned i = 0; i < n && pure; i++) {
+#ifdef SA_TSAN
+	for (unsigned i = 0; i < n; i++) /* every object: the grace period is invisible to TSan */
 		SA_TSAN_ACQUIRE(s->objects[i]);
+#endif
+	for (unsigned i = 0; i < n && pure; i++) {
 		struct sa_slab *sl = sa_slab_of(s->objects[i]);
 		if (!sl || sl->cache != c)
 			pure = false;
@@ -336,6 +344,15 @@ static void *rcu_main(void *arg)
 	return NULL;
 }
 
+/* The RCU thread exists (or is being made) from now on; not in a NOWAIT context. */
+static void ensure_thread(void)
+{
+	if (atomic_load_explicit(&thread_state, memory_order_relaxed) != 0 ||
+	    !sa_may_syscall(sa_flags_effective(0)))
+		return;
+	start_thread();
+}
+
 void sa_rcu_kick(void)
 {
 	if (!sa_may_syscall(sa_flags_effective(0)))
@@ -344,6 +361,11 @@ void sa_rcu_kick(void)
 	kicked = true;
 	pthread_cond_signal(&rcu_wake);
 	pthread_mutex_unlock(&rcu_lock);
+	start_thread();
+}
+
+static void start_thread(void)
+{
 	int expect = 0;
 	if (atomic_load(&thread_state) == 0 &&
 	    atomic_compare_exchange_strong(&thread_state, &expect, 1)) {
@@ -384,14 +406,20 @@ SA_API void sa_rcu_barrier(void)
 		return;	   /* waiting is what a NOWAIT context may not do */
 	sa_deferred_run(); /* deferred sa_free_rcu calls are queued now */
 	sa_rcu_submit_all();
-	uint64_t target = atomic_load(&submitted);
-	if (!target)
-		return;
-	sa_rcu_kick();
-	pthread_mutex_lock(&rcu_lock);
-	while (done < target)
-		pthread_cond_wait(&rcu_done, &rcu_lock);
-	pthread_mutex_unlock(&rcu_lock);
+	/* a batch may queue more work of its own (a typesafe cache's slabs that its frees emptied
+	 * wait for a grace period too): wait for that as well, a few rounds at most */
+	for (int round = 0; round < 3; round++) {
+		uint64_t target = atomic_load(&submitted);
+		if (!target)
+			return;
+		sa_rcu_kick();
+		pthread_mutex_lock(&rcu_lock);
+		while (done < target)
+			pthread_cond_wait(&rcu_done, &rcu_lock);
+		pthread_mutex_unlock(&rcu_lock);
+		if (!atomic_load(&pending_slabs) && !atomic_load(&pending))
+			return;
+	}
 }
 
 /* fork: gp_lock before every allocator lock (the thread takes those under it), rcu_lock after
@@ -408,8 +436,13 @@ void sa_rcu_atfork(int phase)
 		pthread_mutex_lock(&rcu_lock);
 		break;
 	default:
-		if (phase == 3)
+		if (phase == 3) {
+			/* no RCU thread in the child; the condition variables may carry the
+			 * parent's waiters (the thread, a barrier): start them afresh */
 			atomic_store(&thread_state, 0);
+			pthread_cond_init(&rcu_wake, NULL);
+			pthread_cond_init(&rcu_done, NULL);
+		}
 		pthread_mutex_unlock(&rcu_lock);
 		pthread_mutex_unlock(&gp_lock);
 	}

@@ -604,9 +604,9 @@ struct sa_sheaf *sa_pcs_drain_rcu(struct sa_cache *c)
 		if (!rseq)
 			spin_lock(&slot->lock);
 		struct sa_sheaf *s = slot->rcu;
+		if (rseq)
+			SA_TSAN_ACQUIRE(s);
 		if (s != &sa_sheaf_sentinel && s->size) {
-			if (rseq)
-				SA_TSAN_ACQUIRE(s);
 			__atomic_store_n(&slot->rcu, &sa_sheaf_sentinel, __ATOMIC_RELAXED);
 			s->next = out;
 			out = s;
@@ -677,6 +677,8 @@ void sa_pcs_drain(struct sa_cache *c)
 			set_state_word(s[0], sa_top_to_state(s[0], slot->top));
 		set_top(slot, sa_top_encode(&sa_sheaf_sentinel, 0, 0));
 		struct sa_sheaf *r = slot->rcu;
+		if (rseq)
+			SA_TSAN_ACQUIRE(r);
 		__atomic_store_n(&slot->rcu, &sa_sheaf_sentinel, __ATOMIC_RELAXED);
 		if (!rseq)
 			spin_unlock(&slot->lock);
