@@ -632,7 +632,11 @@ void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavo
 
 /* malloc front end (alloc/malloc.c) */
 void sa_malloc_init(void);
-bool sa_malloc_marker(const struct sa_cache *c); /* the large or huge blocks' marker cache */
+extern struct sa_cache *sa_large_cache, *sa_huge_cache; /* markers of blocks (alloc/malloc.c) */
+static inline bool sa_malloc_marker(const struct sa_cache *c) /* a large or huge block's */
+{
+	return c && (c == sa_large_cache || c == sa_huge_cache);
+}
 struct sa_cache *sa_rcu_block_cache(void);
 bool sa_rcu_block_ok(struct sa_cache *c, struct sa_slab *s, const void *obj);
 int sa_free_unknown(void *p);

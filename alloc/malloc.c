@@ -41,8 +41,8 @@ static const uint32_t class_size[SA_NR_CLASSES] = {
 
 static uint8_t small_class[1024 / 16 + 1]; /* (size + 15) / 16 -> class, sizes <= 1024 */
 struct sa_cache *sa_class_cache[SA_NR_CLASSES];
-static struct sa_cache *sa_large_cache; /* markers: never hold objects */
-static struct sa_cache *sa_huge_cache;
+struct sa_cache *sa_large_cache; /* markers: never hold objects */
+struct sa_cache *sa_huge_cache;
 static _Atomic size_t huge_bytes; /* bytes of live huge mappings */
 static _Atomic size_t huge_blocks, huge_max_bytes, huge_max_blocks; /* for mallinfo */
 
@@ -310,11 +310,6 @@ static size_t aligned_huge_find(const void *p, int unlink)
 		sa_meta_free(found, sizeof(*found));
 	}
 	return len;
-}
-
-bool sa_malloc_marker(const struct sa_cache *c)
-{
-	return c && (c == sa_large_cache || c == sa_huge_cache);
 }
 
 /* The cache whose rcu sheaves carry large and huge blocks to their grace period. */

@@ -144,7 +144,7 @@ static SA_NOINLINE void free_rcu_slow(struct sa_cache *c, void *obj, int why)
 		} else if (why != SA_WHY_UNREG) {
 			break;
 		}
-		why = sa_pcs_rcu_push(c, obj, flags);
+		why = sa_pcs_rcu_push(c, obj, flags); /* the fallback's lock, or a registration */
 		if (!why)
 			return;
 	}
@@ -165,7 +165,9 @@ SA_API void sa_free_rcu(void *obj)
 		return;
 	struct sa_slab *s = sa_slab_of(obj);
 	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
-	if (SA_UNLIKELY(!c || !sa_rcu_block_ok(c, s, obj))) {
+	/* a cache object's boundary is checked when it is freed after the grace period (sa_free,
+	 * the flush); a block's start at once: a block is freed whole */
+	if (SA_UNLIKELY(!c || (sa_malloc_marker(c) && !sa_rcu_block_ok(c, s, obj)))) {
 		if (!c && !s && sa_malloc_usable_size(obj)) { /* a 4 MiB-aligned huge block */
 			c = sa_rcu_block_cache();
 		} else {
@@ -179,7 +181,9 @@ SA_API void sa_free_rcu(void *obj)
 	}
 	if (sa_malloc_marker(c))
 		c = sa_rcu_block_cache(); /* large and huge blocks: the smallest class's sheaves */
-	int why = sa_pcs_rcu_push(c, obj, 0);
+	SA_TSAN_RELEASE(obj);
+	/* the rseq section inline; the fallback mode's area never registers: UNREG, slow path */
+	int why = sa_rseq_rcu_push(SA_CACHE_SLOTS(c), sa_rseq_off, obj);
 	if (SA_UNLIKELY(why))
 		free_rcu_slow(c, obj, why);
 }
@@ -197,9 +201,11 @@ static void free_sheaf(struct sa_sheaf *s)
 	for (unsigned i = 0; i < n; i++) /* every object: the grace period is invisible to TSan */
 		SA_TSAN_ACQUIRE(s->objects[i]);
 #endif
+	/* whole into the barn only if every object is one of c's, at an object's start (sa_free_rcu
+	 * leaves that check to here, off the caller's path), and of one node */
 	for (unsigned i = 0; i < n && pure; i++) {
 		struct sa_slab *sl = sa_slab_of(s->objects[i]);
-		if (!sl || sl->cache != c)
+		if (!sl || sl->cache != c || !sa_slab_obj_ok(c, sl, s->objects[i]))
 			pure = false;
 		else if (node < 0)
 			node = sl->node;
@@ -209,13 +215,21 @@ static void free_sheaf(struct sa_sheaf *s)
 	sa_stat_add(c, SA_STAT_RCU_CALLBACKS, 1);
 	sa_stat_add(c, SA_STAT_RCU_FREED, n);
 	s->flags &= ~SA_SHEAF_RCU;
-	if (pure && n == s->capacity && node >= 0 && node < sa_nr_nodes && !c->parent &&
-	    sa_barn_nr_full_racy(&c->nodes[node]->barn) < c->barn_max_full) {
-		/* the objects refill sheaves: a full sheaf of node's barn, with no per-object work
-		 * (they stay out of their slabs: cached, as after any free into a sheaf) */
+	if (pure && node >= 0 && node < sa_nr_nodes && !c->parent && !c->debug) {
 		s->node = node;
-		sa_stat_add(c, SA_STAT_FREE_FAST, n); /* as if pushed one by one */
-		sa_barn_put_full(&c->nodes[node]->barn, s);
+		if (n == s->capacity &&
+		    sa_barn_nr_full_racy(&c->nodes[node]->barn) < c->barn_max_full) {
+			/* the objects refill sheaves: a full sheaf of node's barn, with no
+			 * per-object work (they stay out of their slabs: cached, as after any free
+			 * into a sheaf) */
+			sa_stat_add(c, SA_STAT_FREE_FAST, n); /* as if pushed one by one */
+			sa_barn_put_full(&c->nodes[node]->barn, s);
+			return;
+		}
+		/* the barn has enough: back to their slabs in one batch, one lock */
+		sa_stat_add(c, SA_STAT_FREE_FAST, n);
+		sa_sheaf_flush(c, s);
+		sa_sheaf_dispose(c, s);
 		return;
 	}
 	for (unsigned i = 0; i < n; i++)
