@@ -52,7 +52,7 @@ TIMEOUT=${BENCH_TIMEOUT:-300}
 PIN_CMD=()
 [ -n "$PIN" ] && PIN_CMD=(taskset -c "$PIN")
 
-raw=$here/results/raw/programs-$(date -u +%Y%m%dT%H%M%SZ)
+raw=${BENCH_RAW_DIR:-$here/results/raw}/programs-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$raw" "$(dirname "$out_md")"
 work=$(mktemp -d "${TMPDIR:-/tmp}/sheafalloc-programs.XXXXXX")
 redis_pidfile=$work/redis/redis.pid
@@ -296,3 +296,13 @@ elapsed=$(($(date +%s) - start))
 echo "== programs: $elapsed s; raw results in ${raw#"$root"/}" >&2
 python3 "$here/programs_report.py" --runs "$RUNS" --pin "$PIN" --elapsed "$elapsed" \
 	--allocators "${allocs[*]}" "$raw" >"$out_md" && cat "$out_md"
+# make bench-quick (BENCH_STRICT=1): a sheafalloc run that failed or printed a wrong output fails
+if [ -n "${BENCH_STRICT:-}" ]; then
+	bad=$(awk -F'\t' '$2 == "sheafalloc" && $3 != "warmup" && $7 != "ok" { print $1 ": " $7 }' "$tsv")
+	if [ -n "$bad" ]; then
+		echo "FAIL: sheafalloc runs that failed or gave a wrong output:" >&2
+		echo "$bad" >&2
+		exit 1
+	fi
+	echo "quick check of the programs: every sheafalloc run ok" >&2
+fi
