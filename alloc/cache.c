@@ -238,7 +238,7 @@ void sa_cache_pinned_atfork(int phase)
 }
 
 /* c's SA_PIN companion, made at the first use (not in a context that may not wait: NULL). */
-static SA_NOINLINE struct sa_cache *pinned_of(struct sa_cache *c, sa_flags_t flags)
+SA_NOINLINE struct sa_cache *sa_cache_pinned_of(struct sa_cache *c, sa_flags_t flags)
 {
 	if (c->flags & SA_CACHE_PINNED_)
 		return c;
@@ -277,18 +277,20 @@ static SA_COLD void *pinned_missing(struct sa_cache *c, sa_flags_t flags)
 	return NULL;
 }
 
-/* Off the plain fast path: a scope is open, or the call asks for SA_ZERO or SA_PIN. */
-SA_NOINLINE void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags)
+/* Off the plain fast path: a scope is open, or the call asks for SA_ZERO or SA_PIN; drop: the
+ * flags to ignore (the caller's or the scope's). */
+static inline void *alloc_special(struct sa_cache *c, sa_flags_t flags, sa_flags_t drop)
 {
 	sa_flags_t sf = sa_scope_flags();
 	if (sf) {
 		sa_scope_count_alloc(sf);
 		flags |= sf;
 	}
+	flags &= ~drop;
 	if (flags & SA_NOIO)
 		flags |= SA_NOFS;
 	if (SA_UNLIKELY(flags & SA_PIN)) {
-		struct sa_cache *p = pinned_of(c, flags);
+		struct sa_cache *p = sa_cache_pinned_of(c, flags);
 		if (!p)
 			return pinned_missing(c, flags);
 		c = p;
@@ -300,6 +302,19 @@ SA_NOINLINE void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags)
 	if (flags & SA_ZERO)
 		memset(obj, 0, c->size);
 	return obj;
+}
+
+SA_NOINLINE void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags)
+{
+	return alloc_special(c, flags, 0);
+}
+
+/* An allocation that is not zeroed even inside a SA_ZERO scope: for the library's own
+ * allocations that may be freed again at once (a failed bulk, a pinned companion's first
+ * object), since a free object of a constructed cache keeps its constructed state. */
+void *sa_cache_alloc_nozero(struct sa_cache *c, sa_flags_t flags)
+{
+	return alloc_special(c, flags, SA_ZERO);
 }
 
 SA_API void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
@@ -401,10 +416,15 @@ SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 	if (node < 0 || (sa_flags_effective(flags) & SA_PIN))
 		return sa_cache_alloc(c, flags); /* pinned objects: from this CPU's node */
 	if (node == sa_pcs_current_node(c) && node < sa_nr_nodes) {
-		void *obj = sa_cache_alloc(c, flags);
+		/* not zeroed before it is kept: a free object keeps its constructed state */
+		sa_flags_t zero = (flags | sa_scope_flags()) & SA_ZERO;
+		void *obj = zero ? sa_cache_alloc_nozero(c, flags) : sa_cache_alloc(c, flags);
 		struct sa_slab *s = obj ? sa_slab_of(obj) : NULL;
-		if (!s || s->node == node)
+		if (!s || s->node == node) {
+			if (obj && zero)
+				memset(obj, 0, c->size);
 			return obj;
+		}
 		sa_cache_free(c, obj); /* migrated to another node meanwhile */
 	}
 	if (node >= sa_nr_nodes) {
@@ -427,15 +447,25 @@ SA_API void *sa_cache_alloc_node(struct sa_cache *c, sa_flags_t flags, int node)
 	return obj;
 }
 
+/*
+ * All or nothing, like the kernel. Zeroing waits until every object is there: a failure frees
+ * the objects taken so far, and a free object of a constructed cache must keep its constructed
+ * state (a scope's SA_ZERO is dropped here for the same reason and applied at the end).
+ */
 SA_API size_t sa_cache_alloc_bulk(struct sa_cache *c, sa_flags_t flags, size_t n, void **objs)
 {
+	sa_flags_t zero = (flags | sa_scope_flags()) & SA_ZERO;
+	sa_caller = __builtin_return_address(0);
 	for (size_t i = 0; i < n; i++) {
-		objs[i] = sa_cache_alloc(c, flags);
+		objs[i] = zero ? sa_cache_alloc_nozero(c, flags) : sa_cache_alloc(c, flags);
 		if (SA_UNLIKELY(!objs[i])) {
-			sa_cache_free_bulk(c, i, objs); /* all or nothing, like the kernel */
+			sa_cache_free_bulk(c, i, objs);
 			return 0;
 		}
 	}
+	if (zero)
+		for (size_t i = 0; i < n; i++)
+			memset(objs[i], 0, c->size);
 	return n;
 }
 

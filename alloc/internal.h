@@ -592,6 +592,8 @@ void sa_cache_trim_barns(struct sa_cache *c); /* reclaim: barns and empty slabs,
 size_t sa_cache_cached_bytes_racy(struct sa_cache *c);
 void sa_cache_pinned_atfork(int phase);
 void *sa_cache_alloc_special(struct sa_cache *c, sa_flags_t flags);
+void *sa_cache_alloc_nozero(struct sa_cache *c, sa_flags_t flags); /* a scope's SA_ZERO too */
+struct sa_cache *sa_cache_pinned_of(struct sa_cache *c, sa_flags_t flags); /* made if may block */
 struct sa_cache *sa_cache_create_internal(const char *name, size_t size,
 					  const struct sa_cache_args *args, unsigned internal);
 void sa_free_suspect(struct sa_cache *c, void *obj, struct sa_slab *s);

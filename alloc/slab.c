@@ -356,6 +356,10 @@ static struct sa_slab *reserve_slab_new(struct sa_cache *c)
 	struct sa_slab *s = sa_reserve_take_units(c->slab_units);
 	if (!s)
 		return NULL;
+	if (!c->nodes[s->node]) { /* the cache has no record of the reserve's node */
+		sa_segment_unuse_units(s);
+		return NULL;
+	}
 	for (unsigned i = 0; i < c->slab_units; i++) {
 		s[i].head = s;
 		s[i].nunits = (uint16_t)c->slab_units;
@@ -390,6 +394,9 @@ void *sa_slab_alloc_reserve(struct sa_cache *c, int node, sa_flags_t flags)
 	struct sa_slab *s = reserve_slab_new(c);
 	if (!s)
 		return NULL;
+	/* the reserve lies on one node, maybe not the one asked for: the slab is filed (and its
+	 * objects freed) under its own node, and the object is that node's memory */
+	n = c->nodes[s->node];
 	take_private(c, s, &obj, 1);
 	if (!node_lock(n, flags)) {
 		pending_push(n, s);

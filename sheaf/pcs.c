@@ -422,6 +422,9 @@ static int drain_main(struct sa_cache *c, sa_flags_t flags)
 SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why)
 {
 	void *obj = NULL;
+	/* zeroed as the caller says: the callers have added the scope's SA_ZERO already, or
+	 * dropped it on purpose (sa_cache_alloc_nozero) */
+	sa_flags_t zero = flags & SA_ZERO;
 	flags = sa_flags_effective(flags);
 	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
 		sa_deferred_run();
@@ -454,7 +457,7 @@ direct:
 	if (!obj)
 		return NULL;
 out:
-	if (flags & SA_ZERO)
+	if (zero)
 		memset(obj, 0, c->size);
 	return obj;
 }

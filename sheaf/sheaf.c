@@ -218,13 +218,7 @@ SA_API struct sa_sheaf *sa_sheaf_prefill(struct sa_cache *c, sa_flags_t flags, u
 	if (sa_may_block(flags))
 		sa_deferred_run();
 	if (flags & SA_PIN) {
-		struct sa_cache *p = c->flags & SA_CACHE_PINNED_ ? c : NULL;
-		if (!p) { /* the companion: one pinned allocation makes it */
-			void *obj = sa_cache_alloc(c, (flags | SA_NOWARN) & ~SA_NOFAIL);
-			if (obj)
-				sa_cache_free(c, obj);
-			p = atomic_load_explicit(&c->pinned, memory_order_acquire);
-		}
+		struct sa_cache *p = sa_cache_pinned_of(c, flags); /* made here at the first use */
 		if (!p) {
 			errno = ENOMEM;
 			return NULL;

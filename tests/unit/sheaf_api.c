@@ -302,6 +302,53 @@ static void test_prefill_exact_unpinned(void **state)
 	test_prefill_exact(state);
 }
 
+/*
+ * A refill that runs out (NOWAIT: no new mapping) returns -ENOMEM and leaves the caller its
+ * sheaf with every object it held; an in-place refill may have added some (docs/api.md), and
+ * each of them is a good object. A replacement that fails leaves the old sheaf as it was.
+ */
+static void test_refill_fails(void **state)
+{
+	(void)state;
+	enum { BIG = 566257 }; /* a few objects per MiB: a refill soon needs new memory */
+	struct sa_cache *c = sa_cache_create("refill-fails", BIG, NULL);
+	assert_non_null(c);
+	unsigned cap = sa_cache_sheaf_capacity(c);
+	struct sa_sheaf *s = sa_sheaf_prefill(c, 0, cap);
+	assert_non_null(s);
+	static void *objs[1024];
+	size_t k = 0;
+	for (unsigned i = 0; i < cap / 2 + 1; i++)
+		objs[k++] = sa_sheaf_alloc(c, 0, s);
+	struct sa_sheaf *old = s;
+	unsigned before = sa_sheaf_size(s);
+	unsigned nw = sa_memalloc_nowait_save();
+	int in_place = sa_sheaf_refill(c, SA_NOWARN, &s, cap);
+	int oversize = sa_sheaf_refill(c, SA_NOWARN, &s, 8 * cap); /* 8 x cap x 553 KiB: no */
+	sa_memalloc_nowait_restore(nw);
+	assert_true(in_place == 0 || in_place == -ENOMEM);
+	assert_ptr_equal(s, old);
+	assert_int_equal(oversize, -ENOMEM);
+	unsigned after = sa_sheaf_size(s);
+	assert_true(after >= before);
+	if (in_place == 0)
+		assert_true(after >= cap);
+	/* every object the sheaf holds is a distinct, usable object */
+	while (sa_sheaf_size(s) > 0) {
+		void *o = sa_sheaf_alloc(c, 0, s);
+		assert_non_null(o);
+		memset(o, 0xA5, BIG);
+		objs[k++] = o;
+	}
+	assert_int_equal(k, cap / 2 + 1 + after);
+	check_no_duplicates(objs, k);
+	sa_sheaf_return(c, 0, s);
+	for (size_t i = 0; i < k; i++)
+		sa_cache_free(c, objs[i]);
+	assert_stats_consistent(c, 0);
+	sa_cache_destroy(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -309,6 +356,7 @@ int main(void)
 		cmocka_unit_test(test_prefill_exact_unpinned),
 		cmocka_unit_test_setup_teardown(test_prefill_partial_use, pin_setup, pin_teardown),
 		cmocka_unit_test_setup_teardown(test_refill, pin_setup, pin_teardown),
+		cmocka_unit_test_setup_teardown(test_refill_fails, pin_setup, pin_teardown),
 		cmocka_unit_test_setup_teardown(test_return_counters, pin_setup, pin_teardown),
 		cmocka_unit_test(test_many_sheaves),
 	};

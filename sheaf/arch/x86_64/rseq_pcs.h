@@ -59,6 +59,13 @@
 	"jmp .Lsa_arm%=\n\t"                      \
 	".popsection\n\t"
 
+/*
+ * GCC before 14 can miscompile an `asm goto` with outputs (GCC bug 113921: seen here at -O1 with
+ * gcc 12, sa_pcs_fold reached with a NULL sheaf); an empty volatile asm after each one, as the
+ * Linux kernel does, keeps the compiler from merging across it. No instruction is emitted.
+ */
+#define SA_ASM_GOTO_OUTPUT_FIX() asm volatile("")
+
 /* Results of the sections; the fast paths hand them to the slow path as `why`. */
 enum sa_pcs_why {
 	SA_WHY_EMPTY = 1, /* pop: main empty */
@@ -98,6 +105,7 @@ static inline __attribute__((always_inline)) void *sa_rseq_pop(struct sa_pcs_slo
 			  : [off] "r"(off), [tab] "r"(tab)
 			  : "memory", "cc"
 			  : unreg, stopped, empty, fold);
+	SA_ASM_GOTO_OUTPUT_FIX();
 	if (obj == NULL) /* objects are never NULL: lets callers drop their test */
 		__builtin_unreachable();
 	return obj;
@@ -149,6 +157,7 @@ static inline __attribute__((always_inline)) int sa_rseq_push(struct sa_pcs_slot
 			    [key] "r"((unsigned long)(unsigned)node << 32)
 			  : "memory", "cc"
 			  : unreg, remote, full, fold, dfree);
+	SA_ASM_GOTO_OUTPUT_FIX();
 	return 0;
 unreg:
 	return SA_WHY_UNREG;
@@ -204,6 +213,7 @@ sa_rseq_xchg_main(struct sa_pcs_slot *tab, long off, struct sa_sheaf *nw, uint64
 		: [off] "r"(off), [tab] "r"(tab), [x] "x"(x), [node] "r"(node), [sent] "r"(sentinel)
 		: "memory", "cc"
 		: unreg, stopped, wrongnode);
+	SA_ASM_GOTO_OUTPUT_FIX();
 	*oldp = old;
 	return 0;
 unreg:
@@ -237,6 +247,7 @@ static inline __attribute__((always_inline)) int sa_rseq_xchg_spare(struct sa_pc
 			  : [off] "r"(off), [tab] "r"(tab), [nw] "r"(nw), [node] "r"(node)
 			  : "memory", "cc"
 			  : unreg, stopped, wrongnode);
+	SA_ASM_GOTO_OUTPUT_FIX();
 	*oldp = old;
 	return 0;
 unreg:
@@ -269,6 +280,7 @@ static inline __attribute__((always_inline)) int sa_rseq_rcu_push(struct sa_pcs_
 			  : [off] "r"(off), [tab] "r"(tab), [obj] "r"(obj)
 			  : "memory", "cc"
 			  : unreg, stopped, full);
+	SA_ASM_GOTO_OUTPUT_FIX();
 	return 0;
 unreg:
 	return SA_WHY_UNREG;
@@ -294,6 +306,7 @@ sa_rseq_xchg_rcu(struct sa_pcs_slot *tab, long off, struct sa_sheaf *nw, struct 
 			  : [off] "r"(off), [tab] "r"(tab), [nw] "r"(nw)
 			  : "memory", "cc"
 			  : unreg, stopped);
+	SA_ASM_GOTO_OUTPUT_FIX();
 	*oldp = old;
 	return 0;
 unreg:
@@ -324,6 +337,7 @@ static inline __attribute__((always_inline)) int sa_rseq_take_spare(struct sa_pc
 				  : [off] "r"(off), [tab] "r"(tab), [sent] "r"(sentinel)
 				  : "memory", "cc"
 				  : unreg, stopped, nospare);
+		SA_ASM_GOTO_OUTPUT_FIX();
 	} else {
 		asm volatile goto(SA_RSEQ_PROLOGUE "movq 32(%[idx]), %[sp]\n\t"
 						   "movl (%[sp]), %k[t]\n\t"
@@ -335,6 +349,7 @@ static inline __attribute__((always_inline)) int sa_rseq_take_spare(struct sa_pc
 				  : [off] "r"(off), [tab] "r"(tab), [sent] "r"(sentinel)
 				  : "memory", "cc"
 				  : unreg, stopped, nospare);
+		SA_ASM_GOTO_OUTPUT_FIX();
 	}
 	*oldp = sp;
 	return 0;
