@@ -12,7 +12,10 @@
 #          integration binaries again in both modes, every unit test under valgrind (which forces
 #          the fallback mode: rseq is ENOSYS there), and, where the toolchain supports them, the
 #          unit, integration and stress tests built with ASan+UBSan (build-address/) and TSan
-#          (build-thread/, tests/tsan.supp) by `make SAN=... tests-build` (~15 min on 2 cores)
+#          (build-thread/, tests/tsan.supp) by `make SAN=... tests-build`, and the libFuzzer
+#          target tests/fuzz/fuzz_api.c (`make fuzz`, clang) for SA_FUZZ_SECS on a copy of its
+#          seed corpus (half on this machine's topology, half on two synthetic nodes), counted
+#          as two tests (~17 min on 2 cores)
 #
 # Counting: each binary's cmocka summary lines "[  PASSED  ] N test(s)." and
 # "[  FAILED  ] N test(s)" are added up; a binary that crashes, times out, or exits non-zero
@@ -24,7 +27,8 @@
 # Environment: B (build directory, default build), SA_RUN_VERBOSE=1 (print every log),
 # SA_STRESS_QUICK / SA_STRESS_LONG / SA_STRESS_SAN (seconds per stress run), SA_RUN_SAN=0 (skip
 # sanitizers),
-# SA_RUN_VALGRIND=0 (skip valgrind).
+# SA_RUN_VALGRIND=0 (skip valgrind), SA_FUZZ_SECS (seconds of fuzzing, default 120),
+# SA_RUN_FUZZ=0 (skip the fuzzer), FUZZ_CC (its compiler, default clang).
 set -u
 
 cd "$(dirname "$0")/.." || exit 2
@@ -146,6 +150,68 @@ san_build() { # address|thread
 	return 0
 }
 
+# The libFuzzer target: built by `make fuzz` (clang, build-fuzz/), run for SA_FUZZ_SECS on a
+# fresh copy of tests/fuzz/corpus; two tests (two topologies), each passed when libFuzzer ends its time without a
+# crash, a failed check of the model, a sanitizer report, a leak or an input past 60 s. A crashing
+# input is kept as build-fuzz/crash-* (replay: build-fuzz/fuzz_api FILE; SA_FUZZ_TRACE=1 prints
+# each call). Skipped with a note where the compiler cannot build and run -fsanitize=fuzzer
+# programs (no clang, or no libclang-rt-14-dev: scripts/deps.sh fuzz installs both).
+run_fuzz() {
+	local secs=${SA_FUZZ_SECS:-120} cc=${FUZZ_CC:-clang}
+	local probe="$LOGDIR/probe-fuzz"
+	if ! command -v "$cc" >/dev/null 2>&1 ||
+		! echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return !d && n; }' |
+		"$cc" -fsanitize=fuzzer,address,undefined -x c - -o "$probe" >/dev/null 2>&1 ||
+		! "$probe" -runs=1 >/dev/null 2>&1; then
+		echo "note: $cc cannot build or run -fsanitize=fuzzer programs here (clang and" \
+			"libclang-rt-14-dev: scripts/deps.sh fuzz): fuzz_api skipped"
+		return 0
+	fi
+	echo "== make fuzz"
+	local log="$LOGDIR/build-fuzz.log"
+	if ! make --no-print-directory FUZZ_CC="$cc" fuzz >"$log" 2>&1; then
+		echo "FAIL make fuzz"
+		tail -n 40 "$log" | sed 's/^/     | /'
+		FAILED=$((FAILED + 1))
+		FAILED_RUNS+=("make fuzz")
+		return 0
+	fi
+	local corpus="$LOGDIR/fuzz-corpus"
+	if ! rm -rf "$corpus" || ! cp -r tests/fuzz/corpus "$corpus"; then
+		echo "FAIL no copy of tests/fuzz/corpus"
+		FAILED=$((FAILED + 1))
+		FAILED_RUNS+=("fuzz corpus")
+		return 0
+	fi
+	# libFuzzer's own summary, turned into the cmocka lines run_one counts
+	local wrap="$LOGDIR/fuzz-run.sh"
+	cat >"$wrap" <<'WRAP'
+n0=$(ls "$2" | wc -l)
+"$1" -max_total_time="$3" -print_final_stats=1 -rss_limit_mb="$4" -max_len=4096 -timeout=60 \
+	-artifact_prefix=build-fuzz/ "$2"
+rc=$?
+echo "fuzz_api: corpus $n0 -> $(ls "$2" | wc -l) inputs, exit status $rc"
+if [ "$rc" = 0 ]; then echo "[  PASSED  ] 1 test(s)."; else echo "[  FAILED  ] 1 test(s)"; fi
+exit "$rc"
+WRAP
+	# half the time on this machine's topology, half on two synthetic nodes (the node paths:
+	# remote frees, node-pure sheaves, the reserve's node), on the same growing corpus
+	local half=$(((secs + 1) / 2)) name stats
+	for topo in machine synthetic; do
+		name="fuzz/fuzz_api [libFuzzer, $topo topology, ${half}s]"
+		if [ $topo = machine ]; then
+			run_one "$name" $((half + 300)) -- \
+				bash "$wrap" build-fuzz/fuzz_api "$corpus" "$half" "${FUZZ_RSS_MB:-2048}"
+		else
+			run_one "$name" $((half + 300)) HWLOC_SYNTHETIC="$SYNTH" -- \
+				bash "$wrap" build-fuzz/fuzz_api "$corpus" "$half" "${FUZZ_RSS_MB:-2048}"
+		fi
+		stats="$LOGDIR/$(echo "$name" | tr -c 'A-Za-z0-9_.-' '_').log"
+		grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)|^fuzz_api: corpus' \
+			"$stats" 2>/dev/null | sed 's/^/     /'
+	done
+}
+
 # Per-CPU modes: rseq through glibc's registration, rseq through the library's own registration
 # (glibc told not to register), and the lock fallback.
 MODES=("rseq" "rseq-own" "fallback")
@@ -217,7 +283,7 @@ secs_for() { # binary seconds
 # track the >64 mutexes the allocator's atfork handler holds at once (a TSan limit).
 tsan_extra() {
 	case "$(basename "$1")" in
-	fork | options | big_sheaves) echo ":detect_deadlocks=0" ;;
+	fork | options | big_sheaves | rcu_fork) echo ":detect_deadlocks=0" ;;
 	esac
 }
 
@@ -333,6 +399,11 @@ if [ "$SET" = long ]; then
 			RUN_TAG=tsan WRAP=$WRAPT run_stress "$SAN_SECS" "$SB"
 			TSAN_BASE=""
 		fi
+	fi
+
+	if [ "${SA_RUN_FUZZ:-1}" = 1 ]; then
+		echo "== libFuzzer: tests/fuzz/fuzz_api.c"
+		run_fuzz
 	fi
 fi
 
