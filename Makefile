@@ -39,7 +39,7 @@ PRELOAD_BINS := $(if $(SAN),,$(patsubst tests/%.c,$(B)/tests/%,$(PRELOAD_SRCS)) 
 		$(patsubst tests/%.cc,$(B)/tests/%,$(PRELOAD_CXX)))
 TEST_HDRS := $(wildcard tests/*.h tests/*/*.h)
 
-.PHONY: all lib deps test check-long bench bench-quick format format-check tidy clean install fuzz fuzz-run
+.PHONY: all lib deps test check-long bench bench-quick format format-check tidy lint clean install fuzz fuzz-run
 all: lib
 lib: $(B)/libsheafalloc.so $(B)/libsheafalloc.a $(if $(SAN),,$(B)/libsheafalloc_malloc.so) $(B)/sheafalloc.pc
 
@@ -162,10 +162,18 @@ format-check:
 	@bad=$$(for f in $$(git ls-files '*.c' '*.h' '*.cc'); do clang-format "$$f" | cmp -s - "$$f" || echo "$$f"; done); \
 	if [ -n "$$bad" ]; then echo "not clang-formatted (run make format):"; echo "$$bad"; exit 1; fi
 
+# Static analysis of the library's sources: cppcheck, then clang-tidy (checks in .clang-tidy);
+# any finding fails. `make lint` (CI) adds format-check and installs the tools first.
+TIDY_SRCS := $(LIB_SRCS) $(wildcard alloc/override/*.c)
 tidy:
 	cppcheck --quiet --enable=warning,performance,portability --inline-suppr --error-exitcode=1 \
 		--suppress=legacyUninitvar:sheaf/arch/x86_64/rseq_pcs.h \
-		-Iinclude -I. $(LIB_SRCS) $(wildcard alloc/override/*.c)
+		-Iinclude -I. $(TIDY_SRCS)
+	clang-tidy --quiet $(TIDY_SRCS) -- -std=gnu11 -Iinclude -I. -pthread
+
+lint:
+	@scripts/deps.sh lint
+	@$(MAKE) --no-print-directory format-check tidy
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \

@@ -326,7 +326,7 @@ SA_API void sa_cache_free(struct sa_cache *c, void *obj)
 {
 	struct sa_slab *s = sa_slab_of(obj);
 	struct sa_cache *oc = s ? s->cache : NULL;
-	if (SA_UNLIKELY(oc != c)) {
+	if (SA_UNLIKELY(oc != c || !oc)) { /* !oc: c NULL too, and obj not ours (or NULL) */
 		if (!oc || !c || oc->parent != c) {
 			sa_cache_bad_free(c, obj,
 					  s ? "not an object of this cache"

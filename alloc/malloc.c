@@ -791,7 +791,8 @@ SA_API void *sa_realloc(void *p, size_t size)
 		errno = EINVAL;
 		return NULL;
 	}
-	if (SA_UNLIKELY((c == sa_large_cache && !large_is_start(s, p)) ||
+	bool large = s && c && c == sa_large_cache; /* c is NULL before the first malloc */
+	if (SA_UNLIKELY((large && !large_is_start(s, p)) ||
 			(c == sa_huge_cache && !huge_is_start(p)))) {
 		sa_cache_bad_free(NULL, p, "realloc of a pointer into a block, not its start");
 		errno = EINVAL;
@@ -810,7 +811,7 @@ SA_API void *sa_realloc(void *p, size_t size)
 			errno = ENOMEM;
 		return r;
 	}
-	if (c == sa_large_cache && size <= SA_LARGE_MAX && !(s->head->flags & SA_SLAB_PINNED)) {
+	if (large && size <= SA_LARGE_MAX && !(s->head->flags & SA_SLAB_PINNED)) {
 		/* grow into (or give back) the units that follow the run, when they are free */
 		struct sa_slab *h = s->head;
 		size_t off = (size_t)((char *)p - sa_slab_base(h));

@@ -205,12 +205,11 @@ static void free_sheaf(struct sa_sheaf *s)
 	 * leaves that check to here, off the caller's path), and of one node */
 	for (unsigned i = 0; i < n && pure; i++) {
 		struct sa_slab *sl = sa_slab_of(s->objects[i]);
-		if (!sl || sl->cache != c || !sa_slab_obj_ok(c, sl, s->objects[i]))
+		if (!sl || sl->cache != c || !sa_slab_obj_ok(c, sl, s->objects[i]) ||
+		    (node >= 0 && sl->node != node))
 			pure = false;
-		else if (node < 0)
+		else
 			node = sl->node;
-		else if (sl->node != node)
-			pure = false;
 	}
 	sa_stat_add(c, SA_STAT_RCU_CALLBACKS, 1);
 	sa_stat_add(c, SA_STAT_RCU_FREED, n);

@@ -1,18 +1,21 @@
 #!/bin/sh
 # Installs the Debian packages a target needs (as root), or prints the one apt-get line and fails.
-# usage: scripts/deps.sh build|test|bench|fuzz
+# usage: scripts/deps.sh build|test|bench|fuzz|lint
 set -u
 build="gcc make pkg-config libhwloc-dev liburcu-dev"
 test="$build g++ python3 libcmocka-dev valgrind time sqlite3 git redis-server redis-tools libpython3.11-testsuite"
 # the libFuzzer target (make fuzz, run by make check-long): clang and its runtimes (libFuzzer,
 # ASan, UBSan: libclang-rt-14-dev, which clang only recommends)
 fuzz="$build clang libclang-rt-14-dev"
+# make lint: the formatter and the static analysers
+lint="$build clang-format cppcheck clang-tidy"
 bench="$build g++ python3 libbenchmark-dev libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev time sqlite3 git redis-server redis-tools"
 case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;
 bench) want=$bench ;;
 fuzz) want=$fuzz ;;
+lint) want=$lint ;;
 *) echo "deps.sh: unknown set '$1'" >&2; exit 2 ;;
 esac
 missing=""
