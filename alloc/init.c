@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -172,9 +173,18 @@ void sa_init_slow(void)
 	if (initializing)
 		return;
 	int saved_errno = errno; /* a successful first malloc leaves errno alone */
+	/* signals blocked from before the lock until the flag is set: a handler that allocates
+	 * right after the acquisition (TSan delivers deferred signals just there, at the end of
+	 * its lock interceptor) would otherwise wait on init_lock, which its own thread holds */
+	/* and no cancellation: start-up opens and reads files (hwloc, /sys) under init_lock */
+	int nc = sa_nocancel_begin();
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	pthread_mutex_lock(&init_lock);
+	initializing = 1;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (!sa_ready) {
-		initializing = 1;
 		sa_nr_cpus = possible_cpus();
 		const unsigned char *rnd = (const unsigned char *)getauxval(AT_RANDOM);
 		uint64_t r[2] = {(uint64_t)(uintptr_t)&rnd, 0};
@@ -203,10 +213,11 @@ void sa_init_slow(void)
 		if (sa_opt.stats_print)
 			atexit(sa_stats_at_exit);
 		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-		initializing = 0;
 		__atomic_store_n(&sa_ready, true, __ATOMIC_RELEASE);
 	}
+	initializing = 0; /* sa_ready is set: a handler from here on does not come back here */
 	pthread_mutex_unlock(&init_lock);
+	sa_nocancel_end(nc);
 	errno = saved_errno;
 }
 

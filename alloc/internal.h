@@ -388,6 +388,22 @@ void sa_options_print(int fd);
 /* messages (alloc/options.c): formatted into a stack buffer, one write(2); never allocates */
 void sa_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Cancellation. The library never lets pthread_cancel act inside it: a section that reaches a
+ * cancellation point (write, open, read, a condition wait, a program's shrinker) while it holds
+ * a lock or a count that others wait on runs with cancellation disabled; a pending cancel acts
+ * at the caller's next cancellation point, after the library returned. */
+static inline int sa_nocancel_begin(void)
+{
+	int old = PTHREAD_CANCEL_ENABLE;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+	return old;
+}
+static inline void sa_nocancel_end(int old)
+{
+	if (old != PTHREAD_CANCEL_DISABLE)
+		pthread_setcancelstate(old, NULL);
+}
+
 /* metadata allocator (alloc/meta.c): zeroed, 64-byte aligned, never from sa caches */
 void *sa_meta_alloc(size_t size);
 void *sa_meta_alloc_flags(size_t size, sa_flags_t flags);

@@ -40,7 +40,9 @@ void sa_msg(const char *fmt, ...)
 		return;
 	if ((size_t)n >= sizeof(buf))
 		n = sizeof(buf) - 1;
+	int nc = sa_nocancel_begin(); /* callers may hold locks: write is a cancellation point */
 	ssize_t w = write(2, buf, (size_t)n);
+	sa_nocancel_end(nc);
 	(void)w;
 }
 

@@ -426,10 +426,13 @@ SA_API void sa_rcu_barrier(void)
 		if (!target)
 			return;
 		sa_rcu_kick();
+		/* a cancelled condition wait returns holding rcu_lock, for good: not here */
+		int nc = sa_nocancel_begin();
 		pthread_mutex_lock(&rcu_lock);
 		while (done < target)
 			pthread_cond_wait(&rcu_done, &rcu_lock);
 		pthread_mutex_unlock(&rcu_lock);
+		sa_nocancel_end(nc);
 		if (!atomic_load(&pending_slabs) && !atomic_load(&pending))
 			return;
 	}

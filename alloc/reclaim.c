@@ -232,8 +232,10 @@ SA_API void sa_shrinker_unregister(struct sa_shrinker *s)
 	 * and then that round frees the node */
 	bool mine = my_holds(n) > 0;
 	n->waited = !mine;
+	int nc = sa_nocancel_begin(); /* a cancelled wait would return holding shrinker_lock */
 	while (!mine && n->active > 0)
 		pthread_cond_wait(&shrinker_idle, &shrinker_lock);
+	sa_nocancel_end(nc);
 	bool free_now = !mine; /* active is 0: no round will look at it again */
 	pthread_mutex_unlock(&shrinker_lock);
 	if (free_now)
@@ -262,6 +264,9 @@ static size_t run_shrinkers(sa_flags_t flags)
 	my_round = snap;
 	my_round_n = n;
 	unsigned cookie = sa_scope_save_internal(SA_NORECLAIM);
+	/* the program's shrinkers may reach cancellation points; cancelled there, this round's
+	 * holds would never be dropped (sa_shrinker_unregister would wait forever) */
+	int nc = sa_nocancel_begin();
 	for (unsigned i = 0; i < n; i++) {
 		pthread_mutex_lock(&shrinker_lock);
 		bool dead = snap[i]->dead;
@@ -278,6 +283,7 @@ static size_t run_shrinkers(sa_flags_t flags)
 			     1);
 		freed += s->scan(s->arg, have);
 	}
+	sa_nocancel_end(nc);
 	sa_scope_restore_internal(cookie);
 	my_round = NULL;
 	my_round_n = 0;

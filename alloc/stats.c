@@ -243,14 +243,19 @@ static void print_all(int fd, int json)
 	out_flush(&o);
 }
 
+/* write(2) is a cancellation point and print_all holds sa_caches_lock across it */
 SA_API void sa_stats_print(int fd)
 {
+	int nc = sa_nocancel_begin();
 	print_all(fd, 0);
+	sa_nocancel_end(nc);
 }
 
 SA_API void sa_stats_print_json(int fd)
 {
+	int nc = sa_nocancel_begin();
 	print_all(fd, 1);
+	sa_nocancel_end(nc);
 }
 
 void sa_stats_at_exit(void)

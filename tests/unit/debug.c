@@ -106,7 +106,7 @@ extern char **environ;
 
 static int spawn(int kind, int use_flag, const char *opts, char *err, size_t len)
 {
-	char k[8], f[8], path[] = "/tmp/sa_debug_XXXXXX";
+	char k[16], f[16], path[] = "/tmp/sa_debug_XXXXXX";
 	snprintf(k, sizeof(k), "%d", kind);
 	snprintf(f, sizeof(f), "%d", use_flag);
 	int fd = mkstemp(path);

@@ -8,7 +8,9 @@
  *        realloc or usable-size of it is reported and ignored (no crash, block intact)
  *   test_malloc_from_handler_during_start  a process whose first allocation starts sheafalloc
  *        while a 50 us SIGALRM handler allocates too: no crash (the handler's allocations come
- *        from the bootstrap arena while the size classes do not exist yet), 30 fresh processes
+ *        from the bootstrap arena while the size classes do not exist yet), 30 fresh processes;
+ *        the handler disarms the timer once started or after 400 signals (no livelock on a
+ *        slow machine)
  *   test_misuse_aborts_by_default  always-on checks, no option set: each misuse (a small double
  *        free at once, one after other frees, of a cache object, free(p + 1), free of a page the
  *        program mapped, free((void *)1) as the process's first call, a large double free) is
@@ -69,15 +71,25 @@ static void test_huge_block_interior_pointers(void **state)
 }
 
 /* ------------------------------------------------------------------ signals at start-up ----- */
+static volatile sig_atomic_t handler_calls;
+
 static void alloc_in_handler(int sig)
 {
 	(void)sig;
 	/* only while the size classes do not all exist: the case of the bug. Later a handler
 	 * that allocates may interrupt a slow path holding a lock it needs, which no malloc
 	 * promises to survive (malloc is not async-signal-safe) */
-	if (__atomic_load_n(&sa_class_cache[SA_MALLOC_CLASSES - 1], __ATOMIC_ACQUIRE))
-		return;
 	int saved = errno;
+	/* Bounded: at most 400 signals, none once started. A periodic timer whose handler can
+	 * take longer than its period (a slow or loaded machine, a sanitizer's runtime) would
+	 * otherwise leave the main loop no time at all (a livelock that depends on speed). */
+	if (__atomic_load_n(&sa_class_cache[SA_MALLOC_CLASSES - 1], __ATOMIC_ACQUIRE) ||
+	    ++handler_calls >= 400) {
+		struct itimerval off = {{0, 0}, {0, 0}};
+		setitimer(ITIMER_REAL, &off, NULL);
+		errno = saved;
+		return;
+	}
 	void *p = sa_malloc(32);
 	void *q = sa_malloc(3000);
 	sa_free(q);
