@@ -7,6 +7,10 @@
  * them: the start of a slow path that may block, the end of a NOWAIT scope, sa_trim. An entry
  * runs on the thread whose exchange took it out of its slot, so each runs exactly once.
  *
+ * The end of a NOWAIT scope runs only what can be done with every lock tried and no system
+ * call (sa_deferred_run_try): a scope may end in a signal handler that interrupted its own
+ * thread inside the allocator, holding a lock this work needs.
+ *
  * Entry: the pointer with its kind in the low 3 bits (objects are at least 8-byte aligned, unit
  * records 64-byte aligned). When every slot is taken, the caller does the work itself as a
  * context that may wait: the one wait left to a NOWAIT free, after SA_DEFER_SLOTS frees were
@@ -88,6 +92,37 @@ void sa_deferred_run(void)
 		atomic_fetch_sub(&sa_deferred_n, 1);
 		run_one(e);
 	}
+}
+
+/* The end of a NOWAIT scope: parked sheaves and object frees, run as NOWAIT (every lock only
+ * tried, no system call), at most as many entries as were waiting (one put off again lands in
+ * another slot and is not chased). Slab, run and unit releases (system calls) and RCU hand-offs
+ * stay for the next context that may wait. */
+void sa_deferred_run_try(void)
+{
+	size_t budget = atomic_load_explicit(&sa_deferred_n, memory_order_relaxed);
+	bool sheaves = atomic_load_explicit(&sa_deferred_sheaves, memory_order_relaxed) != 0;
+	if (!budget && !sheaves)
+		return;
+	sa_flags_t saved = sa_scope_tls.flags;
+	sa_scope_tls.flags |= SA_NOWAIT;
+	if (sheaves && pthread_mutex_trylock(&sa_caches_lock) == 0) {
+		for (struct sa_cache *c = sa_caches; c; c = c->next)
+			sa_sheaf_deferred_try(c);
+		pthread_mutex_unlock(&sa_caches_lock);
+	}
+	for (unsigned i = 0; i < SA_DEFER_SLOTS && budget; i++) {
+		uintptr_t e = atomic_load_explicit(&slots[i], memory_order_relaxed);
+		if (!e || (enum sa_defer_kind)(e & 7) != SA_DEFER_FREE)
+			continue;
+		if (!atomic_compare_exchange_strong_explicit(&slots[i], &e, 0, memory_order_acquire,
+							     memory_order_relaxed))
+			continue;
+		atomic_fetch_sub(&sa_deferred_n, 1);
+		budget--;
+		run_one(e); /* sa_free as NOWAIT: put off again if a lock is still busy */
+	}
+	sa_scope_tls.flags = saved;
 }
 
 size_t sa_deferred_count(void)

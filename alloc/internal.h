@@ -523,6 +523,7 @@ enum sa_defer_kind {
 };
 void sa_defer(void *p, enum sa_defer_kind kind);
 void sa_deferred_run(void);
+void sa_deferred_run_try(void); /* the end of a NOWAIT scope: locks only tried */
 size_t sa_deferred_count(void);
 extern _Atomic size_t sa_deferred_sheaves; /* sheaves waiting on caches' deferred stacks */
 static inline bool sa_deferred_pending_racy(void)
@@ -581,6 +582,7 @@ void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s);
 void sa_sheaf_dispose(struct sa_cache *c, struct sa_sheaf *s);
 void sa_sheaf_dispose_flags(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t flags);
 void sa_sheaf_deferred_run(struct sa_cache *c);
+void sa_sheaf_deferred_try(struct sa_cache *c);
 
 /* per-CPU layer (sheaf/pcs.c, sheaf/rseq.c) */
 void sa_pcs_init_mode(void);

@@ -345,7 +345,7 @@ static void scope_restore(unsigned cookie, const void *site)
 		close_levels(r);
 		publish(r);
 		if ((before & SA_NOWAIT) && !(r->flags & SA_NOWAIT) && r == cur())
-			sa_deferred_run(); /* what the NOWAIT scope put off runs now */
+			sa_deferred_run_try(); /* what the scope put off, with locks only tried */
 		return;
 	}
 	if (is_early(r, level)) {
@@ -460,7 +460,7 @@ SA_API struct sa_scope_state *sa_scope_swap(struct sa_scope_state *s)
 	count(SA_SCOPE_C_SWAPS);
 	if ((prev ? ((struct sa_scope_rec *)prev)->flags : sa_scope_tls.own.flags) & SA_NOWAIT &&
 	    !(sa_scope_tls.flags & SA_NOWAIT))
-		sa_deferred_run();
+		sa_deferred_run_try();
 	return prev;
 }
 

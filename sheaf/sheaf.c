@@ -140,6 +140,23 @@ void sa_sheaf_deferred_run(struct sa_cache *c)
 	}
 }
 
+/* The same with the barn lock only tried: a sheaf whose barn is busy (or oversize, which
+ * needs a flush) is parked again. For the end of a NOWAIT scope (alloc/defer.c). */
+void sa_sheaf_deferred_try(struct sa_cache *c)
+{
+	if (!atomic_load_explicit(&c->deferred, memory_order_relaxed))
+		return;
+	struct sa_sheaf *s = atomic_exchange_explicit(&c->deferred, NULL, memory_order_acquire);
+	while (s) {
+		struct sa_sheaf *next = s->next;
+		s->next = NULL;
+		atomic_fetch_sub_explicit(&c->deferred_objs, s->size, memory_order_relaxed);
+		atomic_fetch_sub(&sa_deferred_sheaves, 1);
+		sa_sheaf_dispose_flags(c, s, SA_NOWAIT);
+		s = next;
+	}
+}
+
 /* Give an owned, uninstalled sheaf a home: the barn of its node (within limits) or freed. */
 void sa_sheaf_dispose(struct sa_cache *c, struct sa_sheaf *s)
 {
