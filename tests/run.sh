@@ -8,15 +8,16 @@
 #          percpu=fallback), the shell tests, the stress tests for a few seconds per mode
 #          (rseq, fallback, rseq on a synthetic 2-node topology) (~100 s on 2 cores)
 #   long   the quick set (unless SA_SKIP_QUICK=1: CI runs `make test` just before), then the
-#          stress tests 30 s per mode (fork and big_sheaves less; plus the library's own rseq
+#          stress tests 20 s per mode (fork and big_sheaves less; plus the library's own rseq
 #          registration, 12 threads, and a synthetic two-node topology with tiny sheaves/barns),
 #          every unit test under valgrind (which forces the fallback mode: rseq is ENOSYS there),
 #          and, where the toolchain supports them, the unit, integration and stress tests built
-#          with ASan+UBSan (build-address/; every per-CPU mode) and TSan (build-thread/,
-#          tests/tsan.supp; rseq and fallback) by `make SAN=... tests-build`, and the libFuzzer
+#          with ASan+UBSan (build-address/; units in every per-CPU mode) and TSan (build-thread/,
+#          tests/tsan.supp; rseq and fallback) by `make SAN=... tests-build` (their stress runs
+#          on this machine's topology: the synthetic one is covered above), and the libFuzzer
 #          target tests/fuzz/fuzz_api.c (`make fuzz`, clang) for SA_FUZZ_SECS on a copy of its
 #          seed corpus (half on this machine's topology, half on two synthetic nodes), counted
-#          as two tests (~15 min on 2 cores after the quick set; CI must stay under 30 min)
+#          as two tests (~19 min on 2 cores after the quick set; CI must stay under 30 min)
 #
 # Counting: each binary's cmocka summary lines "[  PASSED  ] N test(s)." and
 # "[  FAILED  ] N test(s)" are added up; a binary that crashes, times out, or exits non-zero
@@ -342,7 +343,7 @@ fi
 
 # ------------------------------------------------------------------ long --------------------
 if [ "$SET" = long ]; then
-	LONG=${SA_STRESS_LONG:-30}
+	LONG=${SA_STRESS_LONG:-20}
 	echo "== long stress: ${LONG}s per mode"
 	STRESS_SYNTH=0 run_stress "$LONG"
 	RUN_TAG="own rseq registration" STRESS_SYNTH=0 STRESS_NOFALLBACK=1 \
@@ -386,7 +387,8 @@ if [ "$SET" = long ]; then
 						ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 -- "$bin"
 				done
 			done
-			RUN_TAG=asan STRESS_ENV="ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1" \
+			RUN_TAG=asan STRESS_SYNTH=0 \
+				STRESS_ENV="ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1" \
 				run_stress "$SAN_SECS" "$SB"
 		fi
 		echo "== TSan"
@@ -406,7 +408,7 @@ if [ "$SET" = long ]; then
 						"TSAN_OPTIONS=$TSAN_BASE$(tsan_extra "$bin")" -- $WRAPT "$bin"
 				done
 			done
-			RUN_TAG=tsan WRAP=$WRAPT run_stress "$SAN_SECS" "$SB"
+			RUN_TAG=tsan WRAP=$WRAPT STRESS_SYNTH=0 run_stress "$SAN_SECS" "$SB"
 			TSAN_BASE=""
 		fi
 	fi
