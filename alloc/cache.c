@@ -478,7 +478,7 @@ SA_API void sa_cache_free_bulk(struct sa_cache *c, size_t n, void **objs)
 /* Flush every sheaf of c (per-CPU and barns) to slabs and release empty slabs beyond keep. */
 static void cache_flush_all(struct sa_cache *c, unsigned keep_empty)
 {
-	sa_sheaf_deferred_run(c);
+	sa_sheaf_deferred_run(c, 0);
 	sa_pcs_drain(c);
 	for (int i = 0; i < sa_nr_nodes; i++) {
 		struct sa_sheaf *s = sa_barn_take_all(&c->nodes[i]->barn);
@@ -517,7 +517,7 @@ size_t sa_cache_cached_bytes_racy(struct sa_cache *c)
 /* Reclaim's light pass: the barns' sheaves and the empty slabs, no per-CPU fence. */
 void sa_cache_trim_barns(struct sa_cache *c)
 {
-	sa_sheaf_deferred_run(c);
+	sa_sheaf_deferred_run(c, 0);
 	for (int i = 0; i < sa_nr_nodes; i++) {
 		struct sa_sheaf *s = sa_barn_take_all(&c->nodes[i]->barn);
 		while (s) {

@@ -80,7 +80,7 @@ void sa_deferred_run(void)
 		/* sheaves NOWAIT paths parked on their caches' deferred stacks */
 		pthread_mutex_lock(&sa_caches_lock);
 		for (struct sa_cache *c = sa_caches; c; c = c->next)
-			sa_sheaf_deferred_run(c);
+			sa_sheaf_deferred_run(c, 0);
 		pthread_mutex_unlock(&sa_caches_lock);
 	}
 	for (unsigned i = 0; i < SA_DEFER_SLOTS; i++) {
@@ -108,7 +108,7 @@ void sa_deferred_run_try(void)
 	sa_scope_tls.flags |= SA_NOWAIT;
 	if (sheaves && pthread_mutex_trylock(&sa_caches_lock) == 0) {
 		for (struct sa_cache *c = sa_caches; c; c = c->next)
-			sa_sheaf_deferred_try(c);
+			sa_sheaf_deferred_run(c, SA_NOWAIT);
 		pthread_mutex_unlock(&sa_caches_lock);
 	}
 	for (unsigned i = 0; i < SA_DEFER_SLOTS && budget; i++) {

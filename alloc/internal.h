@@ -581,8 +581,7 @@ unsigned sa_sheaf_fill(struct sa_cache *c, struct sa_sheaf *s, unsigned upto, sa
 void sa_sheaf_flush(struct sa_cache *c, struct sa_sheaf *s);
 void sa_sheaf_dispose(struct sa_cache *c, struct sa_sheaf *s);
 void sa_sheaf_dispose_flags(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t flags);
-void sa_sheaf_deferred_run(struct sa_cache *c);
-void sa_sheaf_deferred_try(struct sa_cache *c);
+void sa_sheaf_deferred_run(struct sa_cache *c, sa_flags_t flags);
 
 /* per-CPU layer (sheaf/pcs.c, sheaf/rseq.c) */
 void sa_pcs_init_mode(void);

@@ -382,7 +382,7 @@ static int refill_main(struct sa_cache *c, sa_flags_t flags)
 	if (use_spare(c, DIR_ALLOC, flags) == 0)
 		return 0;
 	if (!(flags & SA_NOWAIT))
-		sa_sheaf_deferred_run(c);
+		sa_sheaf_deferred_run(c, 0);
 	int node = sa_pcs_current_node(c);
 	struct sa_barn *b = &c->nodes[node]->barn;
 	struct sa_sheaf *s = sa_barn_get_full(b, flags);
@@ -409,7 +409,7 @@ static int drain_main(struct sa_cache *c, sa_flags_t flags)
 	if (use_spare(c, DIR_FREE, flags) == 0)
 		return 0;
 	if (sa_may_block(flags))
-		sa_sheaf_deferred_run(c);
+		sa_sheaf_deferred_run(c, 0);
 	int node = sa_pcs_current_node(c);
 	struct sa_sheaf *s = sa_barn_get_empty(&c->nodes[node]->barn, flags);
 	if (!s)

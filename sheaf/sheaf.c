@@ -125,7 +125,10 @@ void sa_sheaf_dispose_flags(struct sa_cache *c, struct sa_sheaf *s, sa_flags_t f
 
 _Atomic size_t sa_deferred_sheaves;
 
-void sa_sheaf_deferred_run(struct sa_cache *c)
+/* Empty c's deferred stack: each sheaf disposed of under flags (SA_NOWAIT, the end of a NOWAIT
+ * scope, alloc/defer.c: its barn lock only tried; a sheaf whose barn is busy, or an oversize one,
+ * which needs a flush, is parked again). */
+void sa_sheaf_deferred_run(struct sa_cache *c, sa_flags_t flags)
 {
 	if (!atomic_load_explicit(&c->deferred, memory_order_relaxed))
 		return;
@@ -135,24 +138,7 @@ void sa_sheaf_deferred_run(struct sa_cache *c)
 		s->next = NULL;
 		atomic_fetch_sub_explicit(&c->deferred_objs, s->size, memory_order_relaxed);
 		atomic_fetch_sub(&sa_deferred_sheaves, 1);
-		sa_sheaf_dispose(c, s);
-		s = next;
-	}
-}
-
-/* The same with the barn lock only tried: a sheaf whose barn is busy (or oversize, which
- * needs a flush) is parked again. For the end of a NOWAIT scope (alloc/defer.c). */
-void sa_sheaf_deferred_try(struct sa_cache *c)
-{
-	if (!atomic_load_explicit(&c->deferred, memory_order_relaxed))
-		return;
-	struct sa_sheaf *s = atomic_exchange_explicit(&c->deferred, NULL, memory_order_acquire);
-	while (s) {
-		struct sa_sheaf *next = s->next;
-		s->next = NULL;
-		atomic_fetch_sub_explicit(&c->deferred_objs, s->size, memory_order_relaxed);
-		atomic_fetch_sub(&sa_deferred_sheaves, 1);
-		sa_sheaf_dispose_flags(c, s, SA_NOWAIT);
+		sa_sheaf_dispose_flags(c, s, flags);
 		s = next;
 	}
 }

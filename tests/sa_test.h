@@ -11,6 +11,7 @@
  *   pin_to_cpu / unpin         sched_setaffinity of the calling thread
  *   expect_fallback_mode       which per-CPU mode this run should be in (environment)
  *   running_on_valgrind, SA_TEST_SANITIZER
+ *   stress_seconds             a stress test's duration (argv[1], SA_STRESS_SECONDS, 5)
  *   get_stats                  sa_cache_stats that must succeed
  *   check_no_duplicates        sort a pointer array and assert all distinct
  */
@@ -157,6 +158,14 @@ static inline int running_on_valgrind(void)
 {
 	const char *p = getenv("LD_PRELOAD");
 	return p && strstr(p, "vgpreload") != NULL;
+}
+
+/* A stress test's seconds: argv[1], else SA_STRESS_SECONDS, else (or not positive) 5. */
+static inline double stress_seconds(int argc, char **argv)
+{
+	const char *e = getenv("SA_STRESS_SECONDS");
+	double s = argc > 1 ? atof(argv[1]) : e && *e ? atof(e) : 0;
+	return s > 0 ? s : 5;
 }
 
 /* Built with ASan or TSan (their runtimes make system calls of their own). */

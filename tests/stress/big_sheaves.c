@@ -151,13 +151,7 @@ static void test_big_sheaves_stats(void **state)
 
 int main(int argc, char **argv)
 {
-	const char *e = getenv("SA_STRESS_SECONDS");
-	if (argc > 1)
-		seconds = atof(argv[1]);
-	else if (e && *e)
-		seconds = atof(e);
-	if (seconds <= 0)
-		seconds = 5;
+	seconds = stress_seconds(argc, argv);
 	if (seconds > 20)
 		seconds = 20;
 	const struct CMUnitTest tests[] = {

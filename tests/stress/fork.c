@@ -225,13 +225,7 @@ static void test_fork_while_allocating(void **state)
 
 int main(int argc, char **argv)
 {
-	const char *e = getenv("SA_STRESS_SECONDS");
-	if (argc > 1)
-		seconds = atof(argv[1]);
-	else if (e && *e)
-		seconds = atof(e);
-	if (seconds <= 0)
-		seconds = 5;
+	seconds = stress_seconds(argc, argv);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fork_while_allocating),
 	};

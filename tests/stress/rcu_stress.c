@@ -39,14 +39,8 @@ static void test_rcu_stress(void **state)
 
 int main(int argc, char **argv)
 {
-	const char *e = getenv("SA_STRESS_SECONDS");
-	if (argc > 1)
-		seconds = atof(argv[1]);
-	else if (e && *e)
-		seconds = atof(e);
-	if (seconds <= 0)
-		seconds = 5;
-	e = getenv("SA_STRESS_THREADS");
+	seconds = stress_seconds(argc, argv);
+	const char *e = getenv("SA_STRESS_THREADS");
 	if (e && atoi(e) > 0)
 		nwriters = atoi(e) > 8 ? 8 : atoi(e);
 	const struct CMUnitTest tests[] = {
