@@ -317,26 +317,30 @@ void *sa_cache_alloc_nozero(struct sa_cache *c, sa_flags_t flags)
 	return alloc_special(c, flags, SA_ZERO);
 }
 
-SA_API void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
+SA_API SA_HOT_ALIGN void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
 {
 	return sa_cache_alloc_ra(c, flags, __builtin_return_address(0));
 }
 
-SA_API void sa_cache_free(struct sa_cache *c, void *obj)
+SA_API SA_HOT_ALIGN void sa_cache_free(struct sa_cache *c, void *obj)
 {
 	struct sa_slab *s = sa_slab_of(obj);
 	struct sa_cache *oc = s ? s->cache : NULL;
-	if (SA_UNLIKELY(oc != c || !oc)) { /* !oc: c NULL too, and obj not ours (or NULL) */
+	if (SA_UNLIKELY(oc != c)) {
 		if (!oc || !c || oc->parent != c) {
 			sa_cache_bad_free(c, obj,
 					  s ? "not an object of this cache"
 					    : "not a sheafalloc object");
 			return;
 		}
-		c = oc; /* an object of c's pinned companion */
-	}
-	if ((s->flags & SA_SLAB_KEYED) && !sa_free_keyed(c, obj, s))
+		c = oc;		      /* an object of c's pinned companion */
+	} else if (SA_UNLIKELY(!c)) { /* c NULL, and obj not ours (or NULL, or not in use) */
+		sa_cache_bad_free(c, obj,
+				  s ? "not an object of this cache" : "not a sheafalloc object");
 		return;
+	}
+	/* No key check here (sa_free_keyed): the keyed caches are the malloc classes, which no
+	 * program can name, and the library frees their objects with sa_free. */
 	int why = sa_pcs_push_fast(c, obj, s->node);
 	if (SA_UNLIKELY(why)) {
 		sa_caller = __builtin_return_address(0);
@@ -366,19 +370,26 @@ SA_COLD void sa_free_suspect(struct sa_cache *c, void *obj, struct sa_slab *s)
 		sa_free_slow(c, obj, s, why);
 }
 
-SA_API void sa_free(void *obj)
+/* sa_free of something that is no object now: out of line, so that sa_free needs no frame. */
+static SA_COLD SA_NOINLINE void free_no_object(struct sa_slab *s, void *obj)
+{
+	if (s) /* our memory, but no block starts there now */
+		sa_cache_bad_free(NULL, obj,
+				  "not an allocated block (freed already, or never allocated)");
+	else if (obj && !sa_free_unknown(obj))
+		sa_cache_bad_free(NULL, obj, "not a sheafalloc object");
+}
+
+SA_API SA_HOT_ALIGN void sa_free(void *obj)
 {
 	struct sa_slab *s = sa_slab_of(obj);
 	struct sa_cache *c = s ? s->cache : NULL;
-	if (SA_LIKELY(c != NULL) && (s->flags & SA_SLAB_KEYED) && !sa_free_keyed(c, obj, s))
+	/* keyed: the malloc classes, the usual caller's (free) */
+	if (SA_LIKELY(c != NULL) && SA_LIKELY(s->flags & SA_SLAB_KEYED) &&
+	    !sa_free_keyed(c, obj, s))
 		return;
 	if (SA_UNLIKELY(!c)) {
-		if (s) /* our memory, but no block starts there now */
-			sa_cache_bad_free(
-				NULL, obj,
-				"not an allocated block (freed already, or never allocated)");
-		else if (obj && !sa_free_unknown(obj))
-			sa_cache_bad_free(NULL, obj, "not a sheafalloc object");
+		free_no_object(s, obj);
 		return;
 	}
 	int why = sa_pcs_push_fast(c, obj, s->node);

@@ -119,15 +119,33 @@ static inline unsigned size_to_class(size_t n)
 	return 20 + (lg - 10) * 4 + mod;
 }
 
-/* An object of a malloc class: its second word held the free key (sa_free_keyed), which goes,
- * so a later free of it is not mistaken for a double free. */
-static inline __attribute__((always_inline)) void *class_alloc(struct sa_cache *c, sa_flags_t flags)
+/* Off class_alloc's fast path (why: the pop's result; 0: a scope, SA_ZERO or SA_PIN), out of
+ * line so that the fast path needs no stack frame and ends in a tail call. */
+static SA_NOINLINE void *class_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why,
+					  const void *ra)
 {
-	/* inlined into the family's functions: the return address is the program's call site */
-	void *p = sa_cache_alloc_ra(c, flags, __builtin_return_address(0));
+	sa_caller = ra;
+	void *p = why ? sa_pcs_alloc_slow(c, flags, why) : sa_cache_alloc_special(c, flags);
 	if (SA_LIKELY(p != NULL))
 		((uint64_t *)p)[1] = 0;
 	return p;
+}
+
+/* An object of a malloc class: its second word held the free key (sa_free_keyed), which goes,
+ * so a later free of it is not mistaken for a double free. sa_cache_alloc_ra's fast path with
+ * that one store added. */
+static inline __attribute__((always_inline)) void *class_alloc(struct sa_cache *c, sa_flags_t flags)
+{
+	/* inlined into the family's functions: the return address is the program's call site */
+	if (SA_UNLIKELY(sa_scope_flags() | (flags & (SA_ZERO | SA_PIN))))
+		return class_alloc_slow(c, flags, 0, __builtin_return_address(0));
+	int why = 0;
+	void *p = sa_pcs_pop_fast(c, &why);
+	if (SA_LIKELY(p != NULL)) {
+		((uint64_t *)p)[1] = 0;
+		return p;
+	}
+	return class_alloc_slow(c, flags, why, __builtin_return_address(0));
 }
 
 static struct sa_cache *marker_cache(const char *name)
@@ -680,7 +698,7 @@ static SA_NOINLINE void *malloc_slow(size_t size, size_t align, sa_flags_t flags
 	return p;
 }
 
-static inline void *malloc_inline(size_t size, sa_flags_t flags)
+static inline __attribute__((always_inline)) void *malloc_inline(size_t size, sa_flags_t flags)
 {
 	if (SA_LIKELY(size <= 1024)) {
 		struct sa_cache *c = sa_class_cache[small_class[(size + 15) >> 4]];
@@ -691,7 +709,7 @@ static inline void *malloc_inline(size_t size, sa_flags_t flags)
 }
 
 /* The malloc family fails quietly, like glibc's: NULL and errno, no message (SA_NOWARN). */
-SA_API void *sa_malloc(size_t size)
+SA_API SA_HOT_ALIGN void *sa_malloc(size_t size)
 {
 	return malloc_inline(size, SA_NOWARN);
 }
