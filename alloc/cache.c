@@ -298,7 +298,9 @@ static inline void *alloc_special(struct sa_cache *c, sa_flags_t flags, sa_flags
 	int why = 0;
 	void *obj = sa_pcs_pop_fast(c, &why);
 	if (!obj)
-		return sa_pcs_alloc_slow(c, flags, why); /* zeroes too */
+		return sa_pcs_alloc_slow(c, flags, why); /* zeroes and clears the key too */
+	if (c->flags & SA_CACHE_KEYED_) /* a malloc class: its free key goes (sa_free_keyed) */
+		((uint64_t *)obj)[1] = 0;
 	if (flags & SA_ZERO)
 		memset(obj, 0, c->size);
 	return obj;

@@ -119,33 +119,25 @@ static inline unsigned size_to_class(size_t n)
 	return 20 + (lg - 10) * 4 + mod;
 }
 
-/* Off class_alloc's fast path (why: the pop's result; 0: a scope, SA_ZERO or SA_PIN), out of
- * line so that the fast path needs no stack frame and ends in a tail call. */
-static SA_NOINLINE void *class_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why,
-					  const void *ra)
-{
-	sa_caller = ra;
-	void *p = why ? sa_pcs_alloc_slow(c, flags, why) : sa_cache_alloc_special(c, flags);
-	if (SA_LIKELY(p != NULL))
-		((uint64_t *)p)[1] = 0;
-	return p;
-}
-
 /* An object of a malloc class: its second word held the free key (sa_free_keyed), which goes,
  * so a later free of it is not mistaken for a double free. sa_cache_alloc_ra's fast path with
- * that one store added. */
+ * that one store added; the slow paths clear it themselves (every keyed cache's object), so
+ * that both branches end in a tail call and the fast path needs no stack frame. */
 static inline __attribute__((always_inline)) void *class_alloc(struct sa_cache *c, sa_flags_t flags)
 {
 	/* inlined into the family's functions: the return address is the program's call site */
-	if (SA_UNLIKELY(sa_scope_flags() | (flags & (SA_ZERO | SA_PIN))))
-		return class_alloc_slow(c, flags, 0, __builtin_return_address(0));
+	if (SA_UNLIKELY(sa_scope_flags() | (flags & (SA_ZERO | SA_PIN)))) {
+		sa_caller = __builtin_return_address(0);
+		return sa_cache_alloc_special(c, flags);
+	}
 	int why = 0;
 	void *p = sa_pcs_pop_fast(c, &why);
 	if (SA_LIKELY(p != NULL)) {
 		((uint64_t *)p)[1] = 0;
 		return p;
 	}
-	return class_alloc_slow(c, flags, why, __builtin_return_address(0));
+	sa_caller = __builtin_return_address(0);
+	return sa_pcs_alloc_slow(c, flags, why);
 }
 
 static struct sa_cache *marker_cache(const char *name)

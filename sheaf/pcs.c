@@ -457,6 +457,8 @@ direct:
 	if (!obj)
 		return NULL;
 out:
+	if (c->flags & SA_CACHE_KEYED_) /* a malloc class: its free key goes (sa_free_keyed) */
+		((uint64_t *)obj)[1] = 0;
 	if (zero)
 		memset(obj, 0, c->size);
 	return obj;

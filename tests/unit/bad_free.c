@@ -242,6 +242,52 @@ static void test_double_free_found_at_flush(void **state)
 	capture_free(&cap);
 }
 
+/*
+ * White box: a freed malloc block carries the free key in its second word (docs/robustness.md
+ * §2), and every way a malloc class hands a block out must clear it: the fast path, a scope's
+ * path (sa_cache_alloc_special), the slow path (a refill after sa_trim emptied the sheaves),
+ * calloc. A block handed out with the key still there would be taken for a double free by its
+ * next free (which then searches every free object: slow, though not wrong).
+ */
+static void test_free_key_cleared_on_every_path(void **state)
+{
+	(void)state;
+	enum { N = 600 }; /* more than a sheaf of the 48-byte class: the slow path runs too */
+	static void *p[N];
+	for (int round = 0; round < 4; round++) {
+		for (int i = 0; i < N; i++) { /* keyed by these frees */
+			p[i] = sa_malloc(48);
+			assert_non_null(p[i]);
+		}
+		for (int i = 0; i < N; i++)
+			sa_free(p[i]);
+		if (round == 2)
+			sa_trim(); /* the sheaves go back to the slabs: the next allocations refill */
+		for (int i = 0; i < N; i++) {
+			switch (round) {
+			case 1: {
+				unsigned cookie = sa_memalloc_flags_save(SA_NOFS);
+				p[i] = sa_malloc(48);
+				sa_memalloc_flags_restore(cookie);
+				break;
+			}
+			case 3:
+				p[i] = sa_calloc(1, 48);
+				break;
+			default:
+				p[i] = sa_malloc(48);
+			}
+			assert_non_null(p[i]);
+			/* the program never wrote these blocks: the word is 0 (fresh memory) or
+			 * cleared, never the key left by the free above */
+			assert_int_equal(((const uint64_t *)p[i])[1], 0);
+		}
+		check_no_duplicates(p, N);
+		for (int i = 0; i < N; i++)
+			sa_free(p[i]);
+	}
+}
+
 static void test_destroy_with_live_objects(void **state)
 {
 	(void)state;
@@ -318,6 +364,7 @@ int main(void)
 		cmocka_unit_test(test_bad_frees_ignored),
 		cmocka_unit_test(test_free_after_slab_released),
 		cmocka_unit_test(test_double_free_found_at_flush),
+		cmocka_unit_test(test_free_key_cleared_on_every_path),
 		cmocka_unit_test(test_interior_pointer_of_large_and_huge),
 		cmocka_unit_test(test_bad_free_abort_option),
 		cmocka_unit_test(test_destroy_with_live_objects),
