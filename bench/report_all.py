@@ -140,7 +140,7 @@ def plot_scaling(p, raw):
             f = p.dat(f"scaling_{safe}_{a}.dat", [f"{t} {v} {pt}" for t, v, pt in pts])
             series.append((a, f))
         maxt = max(int(r["threads"]) for r in rows if r["shape"] == shape)
-        common = ["set logscale x 2", f"set xrange [0.8:{maxt * 1.25}]", "set xlabel 'threads'",
+        common = ["unset label; unset arrow", "set logscale x 2", f"set xrange [0.8:{maxt * 1.25}]", "set xlabel 'threads'",
                   f"set arrow from {ncpu}, graph 0 to {ncpu}, graph 1 nohead dt 2 lc rgb 'black'",
                   f"set label 'CPUs ({ncpu})' at {ncpu}, graph 0.95 offset 0.5,0"]
         body = ["set key below horizontal",
@@ -249,9 +249,10 @@ def plot_rss(p, raw):
         return False
     body = ["set xlabel 'seconds'", "set ylabel 'MiB'", "set yrange [0:*]", "set key top right",
             "set title 'RSS over time: grow to the peak, free 90%, small work, idle'"]
-    for t, name in marks[1:]:
+    for i, (t, name) in enumerate(marks[1:]):  # labels alternate in height: phases can be short
         body.append(f"set arrow from {t}, graph 0 to {t}, graph 1 nohead dt 3 lc rgb 'gray'")
-        body.append(f"set label '{name}' at {t}, graph 0.97 offset 0.3,0 font ',8'")
+        body.append(f"set label '{name}' at {t}, graph {0.97 - 0.05 * (i % 2):.2f} offset 0.3,0 "
+                    "font ',8'")
     plots = [f"'{d}' using 1:2 with lines lw 2 lc rgb '{COLORS.get(a, 'black')}' title '{a}'"
              for a, d in series]
     plots.append(f"'{live[1]}' using 1:3 with lines dt 2 lw 1 lc rgb 'black' "
