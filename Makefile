@@ -142,13 +142,16 @@ check-long:
 	@$(MAKE) --no-print-directory lib tests-build
 	@B=$(B) tests/run.sh long
 
+# Every part of bench/Makefile (BENCH_PARTS), tables in bench/results, then build/bench/REPORT.md
+# with the plots (bench/README.md).
 bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory lib
 	@$(MAKE) --no-print-directory -C bench run B=$(abspath $(B))
 
 # Every benchmark row once, briefly (results under build/bench/quick, not bench/results): fails
-# when a sheafalloc row or a program run under it fails. Run by CI; it measures nothing.
+# when a sheafalloc row (or its self-check), a program run under it or rss_bench under it fails.
+# Run by CI; it measures nothing.
 bench-quick:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory lib

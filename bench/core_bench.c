@@ -12,6 +12,23 @@
  *             share one cache, the way kernel slab users share one; the others use malloc's
  *             per-thread caches as they always do.
  *   harness   the pair loop with no allocator in it: what the loop costs, included in every pair.
+ *   scale/pair  pair on the thread sweep (shim.h SAB_SWEEP: 1, 2, 4, 8 and the CPU count), for
+ *             every allocator; run by the scaling part (bench/Makefile), not by core. Items are
+ *             pairs of all threads together; the report divides by the threads for per-thread.
+ * The sheaf API (sheafalloc only: no peer has one), rows "sheaf/<shape>/<n>", run by the sheaf
+ * part; items are objects, each allocated and freed once, on the same 64-byte cache as the rows
+ * above (its own, "bench64s", so the counters below are the rows' own):
+ *   sheaf/loop/<n>      n sa_cache_alloc into an array, then n sa_cache_free: the plain API.
+ *   sheaf/prefill/<n>   sa_sheaf_prefill(n), n sa_sheaf_alloc, sa_sheaf_return (empty), then n
+ *                       sa_cache_free: the guaranteed-allocation API used to the full.
+ *   sheaf/prefill_half/<n>  the same using n/2 of the n reserved; the sheaf goes back holding
+ *                       n/2 (items: the n/2 objects used): what an unused reservation costs.
+ *   sheaf/bulk/<n>      sa_cache_alloc_bulk(n) then sa_cache_free_bulk(n), against loop.
+ * n = 8 and 32 (within the cache's sheaf capacity) and 256 (above it: an oversize sheaf, and bulk
+ * calls that span several sheaves). Self-checks, untimed: one round of each shape before the
+ * timed loop checks that every object is non-NULL and distinct and that bulk returned n; after it
+ * the cache's counters must show exactly the objects sa_sheaf_alloc handed out and no failed
+ * allocation. A failed check is a row error (bench-quick fails on it).
  * No row touches the object (no memset, no store): each allocator is asked for exactly what a
  * caller that only needs the pointer would ask. Every pointer escapes (sab_escape) so no
  * allocation is folded away or merged with its free.
@@ -63,6 +80,7 @@
 #include <gnu/libc-version.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <gperftools/tcmalloc.h>
@@ -381,12 +399,158 @@ static void harness_pair(sab_state *st, const void *arg)
 	PAIR(st, (void *)st, (void)p);
 }
 
+/* ---- the sheaf API (sheafalloc only) ------------------------------------------------------- */
+
+#define SHEAF_MAX_N 256
+
+enum sheaf_shape { SH_LOOP, SH_PREFILL, SH_PREFILL_HALF, SH_BULK };
+
+struct sheaf_arg {
+	enum sheaf_shape shape;
+	unsigned n;
+};
+
+static struct sa_cache *sheaf_cache; /* "bench64s": the sheaf rows' own cache */
+static pthread_once_t sheaf_once = PTHREAD_ONCE_INIT;
+
+static void setup_sheaf_rows(void)
+{
+	sheaf_cache = sa_cache_create("bench64s", OBJ_SIZE, NULL);
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+	const uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* One round of the shape: objs[0..used) allocated and freed; returns the objects used, or 0 after
+ * setting *why when a call failed. With check, also checks the objects (non-NULL, distinct) before
+ * freeing them. */
+static unsigned sheaf_round(struct sa_cache *c, const struct sheaf_arg *a, void **objs, int check,
+			    const char **why)
+{
+	unsigned used = a->n;
+	struct sa_sheaf *s;
+	switch (a->shape) {
+	case SH_LOOP:
+		for (unsigned i = 0; i < used; i++) {
+			objs[i] = sa_cache_alloc(c, 0);
+			sab_escape(objs[i]);
+		}
+		break;
+	case SH_PREFILL:
+	case SH_PREFILL_HALF:
+		s = sa_sheaf_prefill(c, 0, a->n);
+		if (!s) {
+			*why = "sa_sheaf_prefill returned NULL";
+			return 0;
+		}
+		if (check && sa_sheaf_size(s) < a->n) {
+			*why = "sa_sheaf_prefill(n) gave a sheaf holding fewer than n objects";
+			return 0;
+		}
+		if (a->shape == SH_PREFILL_HALF)
+			used = a->n / 2;
+		for (unsigned i = 0; i < used; i++) {
+			objs[i] = sa_sheaf_alloc(c, 0, s);
+			sab_escape(objs[i]);
+		}
+		sa_sheaf_return(c, 0, s);
+		break;
+	case SH_BULK:
+		if (sa_cache_alloc_bulk(c, 0, used, objs) != used) {
+			*why = "sa_cache_alloc_bulk(n) returned fewer than n objects";
+			return 0;
+		}
+		sab_escape(objs);
+		break;
+	}
+	if (check) {
+		void *sorted[SHEAF_MAX_N];
+		memcpy(sorted, objs, used * sizeof(*objs));
+		qsort(sorted, used, sizeof(*sorted), cmp_ptr);
+		for (unsigned i = 0; i < used; i++)
+			if (!sorted[i] || (i && sorted[i] == sorted[i - 1])) {
+				*why = sorted[i] ? "an object was handed out twice"
+						 : "an allocation returned NULL";
+				return 0;
+			}
+	}
+	if (a->shape == SH_BULK)
+		sa_cache_free_bulk(c, used, objs);
+	else
+		for (unsigned i = 0; i < used; i++)
+			sa_cache_free(c, objs[i]);
+	return used;
+}
+
+static void sheaf_rows(sab_state *st, const void *arg)
+{
+	const struct sheaf_arg *a = arg;
+	if (!ready(st, A_SHEAF))
+		return;
+	pthread_once(&sheaf_once, setup_sheaf_rows);
+	struct sa_cache *const c = sheaf_cache;
+	if (!c) {
+		sab_skip(st, "sa_cache_create(\"bench64s\", 64, NULL) failed");
+		return;
+	}
+	void *objs[SHEAF_MAX_N];
+	const char *why = NULL;
+	struct sa_cache_stats s0, s1;
+	if (sa_cache_stats(c, &s0) != 0) {
+		sab_skip(st, "sa_cache_stats failed");
+		return;
+	}
+	const unsigned used = sheaf_round(c, a, objs, 1, &why);
+	if (!used) {
+		sab_skip(st, why);
+		return;
+	}
+	while (sab_keep_running(st))
+		if (!sheaf_round(c, a, objs, 0, &why))
+			break;
+	const int64_t rounds = sab_iterations(st) + 1; /* the checked round too */
+	if (!why && sa_cache_stats(c, &s1) != 0)
+		why = "sa_cache_stats failed";
+	if (!why && s1.alloc_fail != s0.alloc_fail)
+		why = "the cache counted failed allocations";
+	const int64_t want =
+		a->shape == SH_PREFILL || a->shape == SH_PREFILL_HALF ? rounds * (int64_t)used : 0;
+	if (!why && (int64_t)(s1.sheaf_alloc_objects - s0.sheaf_alloc_objects) != want)
+		why = "sheaf_alloc_objects does not add up to the objects the rounds took";
+	if (why) {
+		sab_skip(st, why);
+		return;
+	}
+	sab_set_items(st, sab_iterations(st) * used);
+	sab_counter(st, "objs_per_iter", used);
+	sab_counter(st, "sheaf_capacity", sa_cache_sheaf_capacity(c));
+}
+
+#define SHEAF_ARGS(shape)                                                               \
+	static const struct sheaf_arg shape##_8 = {shape, 8}, shape##_32 = {shape, 32}, \
+				      shape##_256 = {shape, SHEAF_MAX_N}
+SHEAF_ARGS(SH_LOOP);
+SHEAF_ARGS(SH_PREFILL);
+SHEAF_ARGS(SH_PREFILL_HALF);
+SHEAF_ARGS(SH_BULK);
+
+#define SHEAF_ROWS(name, shape)                                    \
+	{"sheaf/" name "/8", sheaf_rows, &shape##_8, 0},           \
+		{"sheaf/" name "/32", sheaf_rows, &shape##_32, 0}, \
+	{                                                          \
+		"sheaf/" name "/256", sheaf_rows, &shape##_256, 0  \
+	}
+
 /* ---- the table: "<allocator>/<shape>"; bench/Makefile runs one allocator per process ------- */
 
 #define ROWS(alloc, name)                                                               \
 	{alloc "/pair", name##_pair, NULL, 0}, {alloc "/batch", name##_batch, NULL, 0}, \
+		{alloc "/pair_mt", name##_pair, NULL, 2},                               \
 	{                                                                               \
-		alloc "/pair_mt", name##_pair, NULL, 2                                  \
+		alloc "/scale/pair", name##_pair, NULL, SAB_SWEEP                       \
 	}
 
 const struct sab_bench sab_benches[] = {
@@ -397,5 +561,9 @@ const struct sab_bench sab_benches[] = {
 	ROWS("tcmalloc", tc),
 	ROWS("glibc", glibc),
 	{"harness/pair", harness_pair, NULL, 0},
+	SHEAF_ROWS("loop", SH_LOOP),
+	SHEAF_ROWS("prefill", SH_PREFILL),
+	SHEAF_ROWS("prefill_half", SH_PREFILL_HALF),
+	SHEAF_ROWS("bulk", SH_BULK),
 };
 const size_t sab_nbenches = sizeof(sab_benches) / sizeof(sab_benches[0]);

@@ -59,6 +59,17 @@
  *                 (timed, a free sample; a full ring: the block is freed locally, nobody waits).
  *                 Percentiles over both threads' samples together; remote_pct: the share of the
  *                 frees that were remote.
+ *   scale/...     the thread sweep (shim.h SAB_SWEEP: 1, 2, 4, 8 threads and the CPU count), run
+ *                 by the scaling part of bench/Makefile, not by malloc: scale/pair/64 and
+ *                 scale/batch/64 (pair and batch above, every thread on its own), scale/mixed
+ *                 (every thread its own ring of 10,000 live blocks, the shape above, starting at
+ *                 its own place in the table; the byte written into each block is its slot's low
+ *                 byte, and after the timed loop every live block of every ring must still hold
+ *                 its own: two threads or slots handed the same memory fail the row) and
+ *                 scale/prodcons (SAB_SWEEP_EVEN: 2, 4, 8 and the CPU count rounded up to even:
+ *                 threads/2 producer/consumer pairs as above; each ring must be empty when a run
+ *                 starts, or blocks were lost and the row fails). items_per_second is all
+ *                 threads together (prodcons: blocks); per-thread throughput is that / threads.
  *   harness       pair (64 B), mixed and churn with no allocator in it (a static buffer instead):
  *                 what the loop, the byte stores and the table lookups cost, included in those
  *                 rows; in churn, what is left of the clock after the overhead is subtracted.
@@ -120,10 +131,10 @@
 #define PC_TAB	     4096 /* sizes of the producers, cycled */
 #define PC_MIN	     16
 #define PC_MAX	     1024
-#define PC_RING	     1024 /* slots of one producer/consumer ring (a power of two) */
-#define PC_MAX_PAIRS 2
-#define GROW_MAX     (1u << 20) /* realloc/grow ends at 1 MiB */
-#define SMALL_MAX    4096	/* realloc/small ends at 4 KiB */
+#define PC_RING	     1024		 /* slots of one producer/consumer ring (a power of two) */
+#define PC_MAX_PAIRS (SAB_SWEEP_MAX / 2) /* scale/prodcons: up to SAB_SWEEP_MAX threads */
+#define GROW_MAX     (1u << 20)		 /* realloc/grow ends at 1 MiB */
+#define SMALL_MAX    4096		 /* realloc/small ends at 4 KiB */
 
 /* the churn shape */
 #define CHURN_SLOTS   20000	 /* live blocks of one thread's working set */
@@ -816,6 +827,49 @@ static void churn_end(sab_state *st, int t, int nthreads, size_t nfree, size_t r
 		sab_set_items((st), sab_iterations(st));                                     \
 	} while (0)
 
+/* scale/mixed: the mixed ring per thread; its ring comes from mmap, never from the allocator under
+ * test. Each block holds its slot's low byte (the one byte written, as TOUCH writes one). */
+#define SHAPE_MIXED_MT(st, MALLOC, FREE)                                                         \
+	do {                                                                                     \
+		const size_t len_ = MIX_LIVE * sizeof(void *);                                   \
+		void *m_ = mmap(NULL, len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, \
+				-1, 0);                                                          \
+		if (m_ == MAP_FAILED) {                                                          \
+			sab_skip((st), "mmap of the ring failed");                               \
+			return;                                                                  \
+		}                                                                                \
+		void **const ring = m_;                                                          \
+		unsigned j = ((unsigned)sab_thread_index(st) * 4099u) & (MIX_TAB - 1);           \
+		for (unsigned k = 0; k < MIX_LIVE; k++) {                                        \
+			void *p = MALLOC(mix_tab[(j + k) & (MIX_TAB - 1)].size);                 \
+			*(unsigned char *)p = (unsigned char)k;                                  \
+			sab_escape(p);                                                           \
+			ring[k] = p;                                                             \
+		}                                                                                \
+		while (sab_keep_running_batch((st), PAIR_UNROLL))                                \
+			for (int i = 0; i < PAIR_UNROLL; i++, j = (j + 1) & (MIX_TAB - 1)) {     \
+				const struct mix_op op = mix_tab[j];                             \
+				FREE(ring[op.slot]);                                             \
+				void *p = MALLOC(op.size);                                       \
+				*(unsigned char *)p = (unsigned char)op.slot;                    \
+				sab_escape(p);                                                   \
+				ring[op.slot] = p;                                               \
+			}                                                                        \
+		unsigned bad_ = 0;                                                               \
+		for (unsigned k = 0; k < MIX_LIVE; k++) {                                        \
+			bad_ += *(unsigned char *)ring[k] != (unsigned char)k;                   \
+			FREE(ring[k]);                                                           \
+		}                                                                                \
+		munmap(m_, len_);                                                                \
+		if (bad_) {                                                                      \
+			sab_skip((st),                                                           \
+				 "scale/mixed: a live block lost its byte (memory handed out "   \
+				 "twice)");                                                      \
+			return;                                                                  \
+		}                                                                                \
+		sab_set_items((st), sab_iterations(st));                                         \
+	} while (0)
+
 #define SHAPE_REALLOC(st, steps, nsteps, MALLOC, REALLOC, FREE)     \
 	do {                                                        \
 		const size_t *const s = (steps);                    \
@@ -836,53 +890,61 @@ static void churn_end(sab_state *st, int t, int nthreads, size_t nfree, size_t r
 	} while (0)
 
 /* Even thread index: producer of pair index / 2; odd: its consumer. */
-#define SHAPE_PRODCONS(st, MALLOC, FREE)                                                           \
-	do {                                                                                       \
-		const int t = sab_thread_index(st);                                                \
-		if (sab_threads(st) % 2 || sab_threads(st) > 2 * PC_MAX_PAIRS) {                   \
-			sab_skip((st), "prodcons needs 2 or 4 threads");                           \
-			return;                                                                    \
-		}                                                                                  \
-		struct pc_ring *r = &pc_rings[t / 2];                                              \
-		unsigned spins = 0;                                                                \
-		if (t % 2 == 0) {                                                                  \
-			uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);      \
-			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);      \
-			unsigned k = (unsigned)(t / 2) * 1237u;                                    \
-			while (sab_keep_running_batch((st), PAIR_UNROLL))                          \
-				for (int i = 0; i < PAIR_UNROLL; i++) {                            \
-					void *p = MALLOC(pc_sizes[k++ & (PC_TAB - 1)]);            \
-					TOUCH(p);                                                  \
-					sab_escape(p);                                             \
-					while (head - tail >= PC_RING) {                           \
-						tail = atomic_load_explicit(&r->tail,              \
-									    memory_order_acquire); \
-						if (head - tail >= PC_RING)                        \
-							backoff(&spins);                           \
-					}                                                          \
-					r->slot[head & (PC_RING - 1)] = p;                         \
-					atomic_store_explicit(&r->head, ++head,                    \
-							      memory_order_release);               \
-				}                                                                  \
-			sab_set_items((st), sab_iterations(st));                                   \
-		} else {                                                                           \
-			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);      \
-			uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);      \
-			while (sab_keep_running_batch((st), PAIR_UNROLL))                          \
-				for (int i = 0; i < PAIR_UNROLL; i++) {                            \
-					while (tail == head) {                                     \
-						head = atomic_load_explicit(&r->head,              \
-									    memory_order_acquire); \
-						if (tail == head)                                  \
-							backoff(&spins);                           \
-					}                                                          \
-					void *p = r->slot[tail & (PC_RING - 1)];                   \
-					atomic_store_explicit(&r->tail, ++tail,                    \
-							      memory_order_release);               \
-					FREE(p);                                                   \
-				}                                                                  \
-			sab_set_items((st), 0);                                                    \
-		}                                                                                  \
+#define SHAPE_PRODCONS(st, MALLOC, FREE)                                                             \
+	do {                                                                                         \
+		const int t = sab_thread_index(st);                                                  \
+		if (sab_threads(st) % 2 || sab_threads(st) > 2 * PC_MAX_PAIRS) {                     \
+			sab_skip((st), "prodcons needs 2 or 4 threads");                             \
+			return;                                                                      \
+		}                                                                                    \
+		struct pc_ring *r = &pc_rings[t / 2];                                                \
+		/* both ends read this before the first sab_keep_running_batch, where every thread \
+		 * waits for the others: no block of this run has been pushed yet */ \
+		if (atomic_load(&r->head) != atomic_load(&r->tail)) {                                \
+			sab_skip((st),                                                               \
+				 "prodcons: a ring was not empty when the run started: blocks "      \
+				 "were lost");                                                       \
+			return;                                                                      \
+		}                                                                                    \
+		unsigned spins = 0;                                                                  \
+		if (t % 2 == 0) {                                                                    \
+			uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);        \
+			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);        \
+			unsigned k = (unsigned)(t / 2) * 1237u;                                      \
+			while (sab_keep_running_batch((st), PAIR_UNROLL))                            \
+				for (int i = 0; i < PAIR_UNROLL; i++) {                              \
+					void *p = MALLOC(pc_sizes[k++ & (PC_TAB - 1)]);              \
+					TOUCH(p);                                                    \
+					sab_escape(p);                                               \
+					while (head - tail >= PC_RING) {                             \
+						tail = atomic_load_explicit(&r->tail,                \
+									    memory_order_acquire);   \
+						if (head - tail >= PC_RING)                          \
+							backoff(&spins);                             \
+					}                                                            \
+					r->slot[head & (PC_RING - 1)] = p;                           \
+					atomic_store_explicit(&r->head, ++head,                      \
+							      memory_order_release);                 \
+				}                                                                    \
+			sab_set_items((st), sab_iterations(st));                                     \
+		} else {                                                                             \
+			uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);        \
+			uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);        \
+			while (sab_keep_running_batch((st), PAIR_UNROLL))                            \
+				for (int i = 0; i < PAIR_UNROLL; i++) {                              \
+					while (tail == head) {                                       \
+						head = atomic_load_explicit(&r->head,                \
+									    memory_order_acquire);   \
+						if (tail == head)                                    \
+							backoff(&spins);                             \
+					}                                                            \
+					void *p = r->slot[tail & (PC_RING - 1)];                     \
+					atomic_store_explicit(&r->tail, ++tail,                      \
+							      memory_order_release);                 \
+					FREE(p);                                                     \
+				}                                                                    \
+			sab_set_items((st), 0);                                                      \
+		}                                                                                    \
 	} while (0)
 
 /* One replacement of the churn: free (or hand over) the block of a random slot, free at most one
@@ -1018,6 +1080,14 @@ static void churn_end(sab_state *st, int t, int nthreads, size_t nfree, size_t r
 		X##_DECLS;                                                                  \
 		SHAPE_PRODCONS(st, X##_MALLOC, X##_FREE);                                   \
 	}                                                                                   \
+	static void name##_mixed_mt(sab_state *st, const void *arg)                         \
+	{                                                                                   \
+		(void)arg;                                                                  \
+		if (!ready(st, id))                                                         \
+			return;                                                             \
+		X##_DECLS;                                                                  \
+		SHAPE_MIXED_MT(st, X##_MALLOC, X##_FREE);                                   \
+	}                                                                                   \
 	static void name##_churn(sab_state *st, const void *arg)                            \
 	{                                                                                   \
 		(void)arg;                                                                  \
@@ -1074,16 +1144,19 @@ static const size_t sizes[] = {16, 64, 256, 1024, 4096, 16384, 32768};
 		alloc "/" shape "/32768", fn, &sizes[6], 0                                    \
 	}
 
-#define ROWS(alloc, name)                                                       \
-	SIZED(alloc, "pair", name##_pair), SIZED(alloc, "batch", name##_batch), \
-		{alloc "/realloc/small", name##_realloc_small, NULL, 0},        \
-		{alloc "/realloc/grow", name##_realloc_grow, NULL, 0},          \
-		{alloc "/mixed", name##_mixed, NULL, 0},                        \
-		{alloc "/prodcons", name##_prodcons, NULL, -2},                 \
-		{alloc "/prodcons", name##_prodcons, NULL, -4},                 \
-		{alloc "/churn", name##_churn, NULL, 0},                        \
-	{                                                                       \
-		alloc "/churn", name##_churn, NULL, -2                          \
+#define ROWS(alloc, name)                                                                          \
+	SIZED(alloc, "pair", name##_pair), SIZED(alloc, "batch", name##_batch),                    \
+		{alloc "/realloc/small", name##_realloc_small, NULL, 0},                           \
+		{alloc "/realloc/grow", name##_realloc_grow, NULL, 0},                             \
+		{alloc "/mixed", name##_mixed, NULL, 0},                                           \
+		{alloc "/prodcons", name##_prodcons, NULL, -2},                                    \
+		{alloc "/prodcons", name##_prodcons, NULL, -4},                                    \
+		{alloc "/churn", name##_churn, NULL, 0}, {alloc "/churn", name##_churn, NULL, -2}, \
+		{alloc "/scale/pair/64", name##_pair, &sizes[1], SAB_SWEEP},                       \
+		{alloc "/scale/batch/64", name##_batch, &sizes[1], SAB_SWEEP},                     \
+		{alloc "/scale/mixed", name##_mixed_mt, NULL, SAB_SWEEP},                          \
+	{                                                                                          \
+		alloc "/scale/prodcons", name##_prodcons, NULL, SAB_SWEEP_EVEN                     \
 	}
 
 const struct sab_bench sab_benches[] = {

@@ -31,8 +31,10 @@
 # Method: one untimed warm-up run per program under glibc, whose output is the reference; then
 # BENCH_RUNS rounds, each running every allocator once in turn (A B C D E, A B C D E, ...), so a
 # slow phase of a noisy machine hits every allocator. Each run is under /usr/bin/time -f
-# '%e %M %U %S': wall time, peak RSS (of the largest single process of the run: time reports the
-# maximum over the processes it waited for), user and system CPU. A run whose output differs
+# '%e %M %U %S %R': wall time, peak RSS (of the largest single process of the run: time reports the
+# maximum over the processes it waited for), user and system CPU, minor page faults (summed over
+# the processes it waited for: each one a page the program touched for the first time, or touched
+# again after the allocator gave it back). A run whose output differs
 # from the reference marks its cell WRONG OUTPUT; a non-zero exit marks it FAILED. The glibc
 # column of a program linked with another malloc (redis-server: jemalloc) preloads
 # bench/programs/glibc_malloc.c, which forwards the malloc family to glibc's own entry points;
@@ -175,7 +177,7 @@ print("FLUSHDB")
 EOF
 }
 
-# One timed run of program $1 under allocator $2; stdout to $3, stderr to $4, "wall rss user sys"
+# One timed run of program $1 under allocator $2; stdout to $3, stderr to $4, "wall rss user sys minflt"
 # to $5. Returns the program's exit status.
 run_cmd() {
 	local p=$1 a=$2 out=$3 err=$4 tm=$5 pre
@@ -184,20 +186,20 @@ run_cmd() {
 		pre=$(preload_for "$a" "$(command -v python3)")
 		local pm=()
 		[ "$p" = python-malloc ] && pm=(PYTHONMALLOC=malloc)
-		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S' -o "$tm" timeout "$TIMEOUT" \
+		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S %R' -o "$tm" timeout "$TIMEOUT" \
 			env LD_PRELOAD="$pre" "${pm[@]}" python3 "$here/programs/alloc_heavy.py" >"$out" 2>"$err" ;;
 	sqlite)
 		pre=$(preload_for "$a" "$(command -v sqlite3)")
-		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S' -o "$tm" timeout "$TIMEOUT" \
+		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S %R' -o "$tm" timeout "$TIMEOUT" \
 			env LD_PRELOAD="$pre" sqlite3 :memory: <"$work/sqlite.sql" >"$out" 2>"$err" ;;
 	git)
 		pre=$(preload_for "$a" "$(command -v git)")
-		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S' -o "$tm" timeout "$TIMEOUT" \
+		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S %R' -o "$tm" timeout "$TIMEOUT" \
 			env LD_PRELOAD="$pre" "$here/programs/git_work.sh" "$work/repo" >"$out" 2>"$err" ;;
 	gcc)
 		pre=$(preload_for "$a" "$(command -v gcc)")
 		rm -f "$work/big.o"
-		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S' -o "$tm" timeout "$TIMEOUT" \
+		"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S %R' -o "$tm" timeout "$TIMEOUT" \
 			env LD_PRELOAD="$pre" sh -c 'gcc -O2 -c "$1" -o "$2" && cksum <"$2"' sh \
 			"$work/big.c" "$work/big.o" >"$out" 2>"$err" ;;
 	redis) run_redis "$a" "$out" "$err" "$tm" ;;
@@ -213,7 +215,7 @@ run_redis() {
 	pre=$(preload_for "$a" "$(command -v redis-server)")
 	port=$(free_port)
 	rm -f "$redis_pidfile" "$stm"
-	"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S' -o "$stm" timeout "$TIMEOUT" \
+	"${PIN_CMD[@]}" /usr/bin/time -f '%e %M %U %S %R' -o "$stm" timeout "$TIMEOUT" \
 		env LD_PRELOAD="$pre" redis-server --bind 127.0.0.1 --port "$port" --save '' \
 		--appendonly no --dir "$work/redis" --logfile "$work/redis/log" \
 		--pidfile "$redis_pidfile" --daemonize no >/dev/null 2>"$err" &
@@ -238,15 +240,15 @@ run_redis() {
 	fi
 	redis-cli -p "$port" shutdown nosave >/dev/null 2>&1
 	wait "$srv" || rc=$?
-	# wall: the benchmark; peak RSS and CPU: the server
-	read -r _ rss user sys <"$stm" 2>/dev/null || { rss=0 user=0 sys=0; }
-	echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }') $rss $user $sys" >"$tm"
+	# wall: the benchmark; peak RSS, CPU and minor faults: the server
+	read -r _ rss user sys minflt <"$stm" 2>/dev/null || { rss=0 user=0 sys=0 minflt=0; }
+	echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }') $rss $user $sys ${minflt:-0}" >"$tm"
 	return $rc
 }
 
 # ---- the runs ---------------------------------------------------------------------------------
 tsv=$raw/runs.tsv
-printf 'program\tallocator\trun\twall_s\trss_kib\tcpu_s\tstatus\n' >"$tsv"
+printf 'program\tallocator\trun\twall_s\trss_kib\tcpu_s\tstatus\tminflt\n' >"$tsv"
 programs=()
 for p in $PROGRAMS; do
 	if ! declare -F "setup_$p" >/dev/null; then
@@ -257,7 +259,7 @@ for p in $PROGRAMS; do
 done
 
 one_run() { # program allocator run-label; appends a line to runs.tsv, prints a short status
-	local p=$1 a=$2 r=$3 base=$raw/$1.$2.$3 rc=0 status=ok wall rss user sys
+	local p=$1 a=$2 r=$3 base=$raw/$1.$2.$3 rc=0 status=ok wall rss user sys minflt
 	run_cmd "$p" "$a" "$base.out" "$base.err" "$base.time" || rc=$?
 	if [ $rc -ne 0 ]; then
 		status="failed:$rc"
@@ -265,9 +267,10 @@ one_run() { # program allocator run-label; appends a line to runs.tsv, prints a 
 		status=wrong
 	fi
 	# /usr/bin/time writes "Command exited with non-zero status N" first when N != 0
-	read -r wall rss user sys < <(grep -v '^Command' "$base.time" 2>/dev/null | tail -n 1)
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$a" "$r" "${wall:-}" "${rss:-}" \
-		"$(awk -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN { printf "%.2f", u + s }')" "$status" >>"$tsv"
+	read -r wall rss user sys minflt < <(grep -v '^Command' "$base.time" 2>/dev/null | tail -n 1)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$a" "$r" "${wall:-}" "${rss:-}" \
+		"$(awk -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN { printf "%.2f", u + s }')" "$status" \
+		"${minflt:-}" >>"$tsv"
 	printf ' %s:%s%s' "$a" "${wall:-?}s" "$([ $status = ok ] || echo "($status)")" >&2
 }
 

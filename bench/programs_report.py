@@ -2,11 +2,13 @@
 """bench/programs_report.py — the markdown table of one bench/programs.sh run.
 
 usage: programs_report.py [--runs N] [--pin CPUS] [--elapsed S] [--allocators "a b ..."] RUN_DIR
-RUN_DIR holds runs.tsv (program, allocator, run, wall_s, rss_kib, cpu_s, status; one line per
+RUN_DIR holds runs.tsv (program, allocator, run, wall_s, rss_kib, cpu_s, status, minflt; one line per
 run, run "warmup" for the untimed glibc reference run) and notes (skipped programs, ...), as
 programs.sh writes them. Prints markdown on stdout.
 
-A cell is the median over the timed runs of wall time, of peak RSS and of CPU time (user + system).
+A cell is the median over the timed runs of wall time, of peak RSS, of CPU time (user + system)
+and of minor page faults (all processes of the run; a runs.tsv without the minflt column, from
+before it was recorded, leaves that column empty).
 Ratios are allocator / jemalloc in the same program: below 1.00 is faster (or smaller).
 """
 import argparse
@@ -75,6 +77,8 @@ def main():
                 c["spread"] = 100.0 * (max(walls) - min(walls)) / c["wall"] if c["wall"] else 0.0
                 c["rss"] = statistics.median([float(r["rss_kib"]) for r in runs])
                 c["cpu"] = statistics.median([float(r["cpu_s"]) for r in runs])
+                flts = [float(r["minflt"]) for r in runs if (r.get("minflt") or "").strip()]
+                c["minflt"] = statistics.median(flts) if flts else None
             cell[(p, a)] = c
 
     def ok(p, a):
@@ -97,7 +101,7 @@ def main():
     )
     out.append("")
     head = ["program", "allocator", "wall s", f"×{BASE}", "spread", "CPU s", "peak RSS MiB",
-            f"RSS ×{BASE}"]
+            f"RSS ×{BASE}", "minor faults k", f"faults ×{BASE}"]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---", "---"] + ["--:"] * (len(head) - 2)) + "|")
     tratio = {a: {} for a in allocs}
@@ -105,6 +109,7 @@ def main():
     gratio = {a: {} for a in allocs}
     grss = {a: {} for a in allocs}
     cratio = {a: {} for a in allocs}
+    fratio = {a: {} for a in allocs}
     for p in programs:
         base = ok(p, BASE)
         glibc = ok(p, "glibc")
@@ -113,10 +118,14 @@ def main():
             if not c:
                 continue
             if c["status"] != "ok":
-                out.append(f"| {p} | {a} | **{c['status']}** | | | | | |")
+                out.append(f"| {p} | {a} | **{c['status']}** |" + " |" * (len(head) - 3))
                 continue
             tr = c["wall"] / base["wall"] if base and base["wall"] else None
             rr = c["rss"] / base["rss"] if base and base["rss"] else None
+            fr = (c["minflt"] / base["minflt"] if base and base.get("minflt") and c["minflt"] is not None
+                  else None)
+            if fr:
+                fratio[a][p] = fr
             if tr:
                 tratio[a][p] = tr
             if rr:
@@ -130,14 +139,16 @@ def main():
             out.append("| " + " | ".join([
                 p, a, f"{c['wall']:.2f}" + (" †" if c["spread"] > NOISY else ""),
                 f"{tr:.2f}" if tr else "—", f"{c['spread']:.0f}%",
-                f"{c['cpu']:.2f}", f"{c['rss'] / 1024:.1f}", f"{rr:.2f}" if rr else "—"]) + " |")
+                f"{c['cpu']:.2f}", f"{c['rss'] / 1024:.1f}", f"{rr:.2f}" if rr else "—",
+                f"{c['minflt'] / 1000:.1f}" if c["minflt"] is not None else "—",
+                f"{fr:.2f}" if fr else "—"]) + " |")
     out.append("")
     out.append("Geometric means over the programs where both cells are valid (count in brackets); "
                "time is wall time, CPU is user + system time (less disturbed by other load on the "
                "machine, but blind to waiting):")
     out.append("")
-    head = ["allocator", f"time ×{BASE}", f"peak RSS ×{BASE}", f"CPU ×{BASE}", "time ×glibc",
-            "peak RSS ×glibc"]
+    head = ["allocator", f"time ×{BASE}", f"peak RSS ×{BASE}", f"CPU ×{BASE}",
+            f"minor faults ×{BASE}", "time ×glibc", "peak RSS ×glibc"]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|")
 
@@ -146,8 +157,8 @@ def main():
         return f"**{m:.2f}** ({len(d)})" if m else "—"
 
     for a in allocs:
-        out.append("| " + " | ".join([a, g(tratio[a]), g(rratio[a]), g(cratio[a]), g(gratio[a]),
-                                      g(grss[a])]) + " |")
+        out.append("| " + " | ".join([a, g(tratio[a]), g(rratio[a]), g(cratio[a]), g(fratio[a]),
+                                      g(gratio[a]), g(grss[a])]) + " |")
     out.append("")
     out.append("Programs:")
     out.append("")
@@ -159,7 +170,10 @@ def main():
         "noise of the cell; †: spread over 25% (a run was slowed by something else on the machine: the "
         "median discounts one such run of three, CPU s is less affected). CPU s: median user + system time of the whole run (redis: of the "
         "server). Peak RSS: /usr/bin/time %M, the largest single process of the run (gcc: cc1; "
-        "git: the biggest git process; redis: the server). Every run's output is compared with the "
+        "git: the biggest git process; redis: the server). Minor faults k: median thousands of minor page "
+        "faults (/usr/bin/time %R, summed over every process of the run; redis: the server), a "
+        "page touched for the first time or again after the allocator returned it: memory given "
+        "back and taken again shows here as well as in time. Every run's output is compared with the "
         "glibc warm-up run's: WRONG OUTPUT marks a difference, FAILED a non-zero exit (raw "
         "outputs and stderr are kept). sheafalloc, jemalloc, mimalloc, tcmalloc: LD_PRELOAD of "
         "the library; glibc: no preload, except for a binary linked with another malloc "

@@ -3,7 +3,7 @@
 
 usage: quick_check.py RUN_DIR
 Every google-benchmark JSON of RUN_DIR is read; a row of sheafalloc (name starting with
-"sheafalloc" or "scope/" or "rcu/sheafalloc") that reports error_occurred fails the check
+"sheafalloc" or "scope/" or "rcu/sheafalloc" or "sheaf/") that reports error_occurred fails the check
 (exit 1, the message printed); a peer's error (typically: not installed) is printed as a note.
 """
 import json
@@ -12,7 +12,7 @@ import sys
 
 
 def ours(name):
-    return name.startswith(("sheafalloc", "scope/", "rcu/sheafalloc"))
+    return name.startswith(("sheafalloc", "scope/", "rcu/sheafalloc", "sheaf/"))
 
 
 def main():

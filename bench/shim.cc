@@ -4,6 +4,10 @@
 #include "shim.h"
 
 #include <benchmark/benchmark.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <vector>
 
 static benchmark::State &S(sab_state *st)
 {
@@ -59,6 +63,22 @@ void sab_skip(sab_state *st, const char *msg)
 }
 }
 
+// The thread counts of SAB_SWEEP / SAB_SWEEP_EVEN (shim.h).
+static std::vector<int> sweep(bool even)
+{
+	cpu_set_t set;
+	int ncpu = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+	ncpu = std::min(std::max(ncpu, 1), SAB_SWEEP_MAX);
+	if (even)
+		ncpu += ncpu % 2;
+	std::vector<int> v = {1, 2, 4, 8, ncpu};
+	if (even)
+		v.erase(v.begin());
+	std::sort(v.begin(), v.end());
+	v.erase(std::unique(v.begin(), v.end()), v.end());
+	return v;
+}
+
 int main(int argc, char **argv)
 {
 	for (size_t i = 0; i < sab_nbenches; i++) {
@@ -66,7 +86,11 @@ int main(int argc, char **argv)
 		auto *r = benchmark::RegisterBenchmark(b->name, [b](benchmark::State &st) {
 			b->run(reinterpret_cast<sab_state *>(&st), b->arg);
 		});
-		if (b->max_threads > 0)
+		if (b->max_threads == SAB_SWEEP || b->max_threads == SAB_SWEEP_EVEN) {
+			for (int n : sweep(b->max_threads == SAB_SWEEP_EVEN))
+				r->Threads(n);
+			r->UseRealTime();
+		} else if (b->max_threads > 0)
 			r->ThreadRange(1, b->max_threads)->UseRealTime();
 		else if (b->max_threads < 0)
 			r->Threads(-b->max_threads)->UseRealTime();

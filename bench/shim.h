@@ -36,9 +36,19 @@ struct sab_bench {
 	void (*run)(sab_state *st, const void *arg); /* the body; arg is the row's arg */
 	const void *arg;
 	/* 0: one thread; N > 0: ThreadRange(1, N) (1, 2, 4, ... N); N < 0: exactly -N threads
-	 * (Threads(-N)). Threaded rows use UseRealTime(). */
+	 * (Threads(-N)); SAB_SWEEP, SAB_SWEEP_EVEN: the thread sweep below. Threaded rows use
+	 * UseRealTime(). */
 	int max_threads;
 };
+
+/* The thread sweep of the scaling rows: 1, 2, 4, 8 threads and the machine's CPU count (the CPUs
+ * this process may run on, sched_getaffinity), in increasing order without duplicates, so that a
+ * large machine shows scaling and a small one runs 4 and 8 threads oversubscribed. _EVEN: the
+ * same without 1 and with the CPU count rounded up to even (producer/consumer pairs). The CPU
+ * count is capped at SAB_SWEEP_MAX. */
+#define SAB_SWEEP      (-0x40000000)
+#define SAB_SWEEP_EVEN (-0x40000001)
+#define SAB_SWEEP_MAX  256
 
 /* Defined by the benchmark's C file; sab_nbenches = number of rows. */
 extern const struct sab_bench sab_benches[];

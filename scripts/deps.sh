@@ -9,7 +9,8 @@ test="$build g++ python3 libcmocka-dev valgrind time sqlite3 git redis-server re
 fuzz="$build clang libclang-rt-14-dev"
 # make lint: the formatter and the static analysers
 lint="$build clang-format cppcheck clang-tidy"
-bench="$build g++ python3 libbenchmark-dev libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev time sqlite3 git redis-server redis-tools"
+# gnuplot-nox: the plots of build/bench/REPORT.md (bench/report_all.py)
+bench="$build g++ python3 libbenchmark-dev libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev time sqlite3 git redis-server redis-tools gnuplot-nox"
 case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;
