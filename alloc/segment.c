@@ -51,10 +51,12 @@
  * (the claim by exchange comes first, so a racing second free never touches the run), and its
  * units' bits are set in seg->guard_units. Whoever takes units later (sa_segment_alloc_units,
  * a realloc growing in place) clears the bits it finds set in its run and restores access
- * before anything is written there; a NOWAIT taker skips guarded runs (in the bitmap and in
- * the stash) instead, so it never makes that system call. A guarded run is otherwise free like
- * any other: stashed, purged (madvise works on PROT_NONE pages; the protection stays), unmapped
- * with its segment (its bits are forgotten). The test on the default path is a load of the
+ * before anything is written there; a NOWAIT taker skips guarded runs in the bitmap instead,
+ * so it never makes that system call, and nobody takes a guarded run from a stash (it waits
+ * there while newer runs pass, then goes to the bitmap: a freed block is not handed to the very
+ * next malloc of its size). A guarded run is otherwise free like any other: stashed, purged
+ * (madvise works on PROT_NONE pages; the protection stays), unmapped with its segment (its bits
+ * are forgotten). The test on the default path is a load of the
  * bits (clear) in the segment header that take_locked reads anyway: no system call.
  */
 #define _GNU_SOURCE /* PTHREAD_MUTEX_ADAPTIVE_NP */
@@ -339,8 +341,11 @@ static bool run_guarded(const struct sa_slab *head, unsigned n)
 	return (guarded(seg) & unit_mask((unsigned)(head - seg->slabs), n)) != 0;
 }
 
-/* The newest stashed run of this CPU with exactly units units on node, or NULL; nowait: not a
- * guarded one. */
+/* The newest stashed run of this CPU with exactly units units on node, or NULL. Not a guarded
+ * one under NOWAIT (mprotect) nor while debug=G is on: a freed block of up to 256 KiB stays
+ * inaccessible while SA_STASH_RUNS newer runs pass through the stash, instead of going to the
+ * very next malloc of its size (which would hide a use after free right behind it); pushed
+ * out, it is reusable from its segment's bitmap. Without either, no guard bit is read. */
 static struct sa_slab *stash_take(int node, unsigned units, bool nowait)
 {
 	if (units > SA_STASH_RUN_MAX)
@@ -352,7 +357,7 @@ static struct sa_slab *stash_take(int node, unsigned units, bool nowait)
 	for (unsigned i = st->n; i-- > 0;) {
 		uintptr_t e = st->run[i];
 		if (entry_units(e) == units && entry_head(e)->node == node &&
-		    !(nowait && run_guarded(entry_head(e), units))) {
+		    !((nowait || sa_guard_on()) && run_guarded(entry_head(e), units))) {
 			s = entry_head(stash_remove_locked(st, i));
 			break;
 		}

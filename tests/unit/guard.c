@@ -56,7 +56,16 @@ static uint64_t gstat(enum sa_gstat_item i)
 	return atomic_load(&sa_gstat[i]);
 }
 
-static unsigned saved_debug;
+static unsigned saved_debug, initial_debug, initial_purge_ms;
+
+/* After every test, passed or failed: the options as the run set them. */
+static int restore_options(void **state)
+{
+	(void)state;
+	sa_opt.debug = initial_debug;
+	sa_opt.purge_ms = initial_purge_ms;
+	return 0;
+}
 
 static void guard_begin(void)
 {
@@ -96,6 +105,8 @@ static void test_large_free_and_reuse(void **state)
 {
 	(void)state;
 	SKIP_ON_VALGRIND();
+	sa_trim(); /* a purge round now: the next one only after purge_ms */
+	sa_opt.purge_ms = 3600000;
 	guard_begin();
 	uint64_t g0 = gstat(SA_G_GUARDED);
 	unsigned char *keep = sa_malloc(LARGE), *p = sa_malloc(LARGE);
@@ -110,8 +121,19 @@ static void test_large_free_and_reuse(void **state)
 	assert_true(check(keep, LARGE, 1));
 	assert_int_equal(sa_malloc_usable_size(p), 0); /* from the unit record, not the block */
 	assert_true(gstat(SA_G_GUARDED) > g0);
-	/* the next blocks of that size take the run back (the stash hands out the newest run) */
+	/* the next malloc of that size does not get it: a guarded run waits in the stash while
+	 * newer runs pass (the purge rounds, which empty the stashes, are held off meanwhile) */
+	unsigned char *q = sa_malloc(LARGE);
+	assert_non_null(q);
+	assert_ptr_not_equal(q, p);
+	assert_false(readable(p));
+	fill(q, LARGE, 200);
+	/* pushed out by newer freed runs, it is reused from its segment's bitmap */
 	unsigned char *got[64];
+	for (int i = 0; i < 8; i++)
+		assert_non_null(got[i] = sa_malloc(LARGE));
+	for (int i = 0; i < 8; i++)
+		sa_free(got[i]);
 	int n = 0, found = -1;
 	for (; n < 64 && found < 0; n++) {
 		got[n] = sa_malloc(LARGE);
@@ -134,7 +156,9 @@ static void test_large_free_and_reuse(void **state)
 	for (int i = 1; i < n; i++)
 		sa_free(got[i]);
 	assert_true(check(keep, LARGE, 1));
+	assert_true(check(q, LARGE, 200));
 	sa_free(keep);
+	sa_free(q);
 	guard_end();
 }
 
@@ -674,21 +698,23 @@ int main(int argc, char **argv)
 	if (argc > 2 && strcmp(argv[1], "--child") == 0)
 		return child(argv[2]);
 	sa_free(sa_malloc(16)); /* the options are read now: the tests save and restore them */
+	initial_debug = sa_opt.debug;
+	initial_purge_ms = sa_opt.purge_ms;
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_letter),
-		cmocka_unit_test(test_without_letter),
-		cmocka_unit_test(test_large_free_and_reuse),
-		cmocka_unit_test(test_mixed_reuse),
-		cmocka_unit_test(test_realloc_in_place),
-		cmocka_unit_test(test_huge),
-		cmocka_unit_test(test_trim_and_held),
-		cmocka_unit_test(test_nowait),
-		cmocka_unit_test(test_fork),
-		cmocka_unit_test(test_threads),
-		cmocka_unit_test(test_cap),
-		cmocka_unit_test(test_uaf_faults),
-		cmocka_unit_test(test_uaf_unnoticed_without),
-		cmocka_unit_test(test_freed_block_reported),
+		cmocka_unit_test_teardown(test_letter, restore_options),
+		cmocka_unit_test_teardown(test_without_letter, restore_options),
+		cmocka_unit_test_teardown(test_large_free_and_reuse, restore_options),
+		cmocka_unit_test_teardown(test_mixed_reuse, restore_options),
+		cmocka_unit_test_teardown(test_realloc_in_place, restore_options),
+		cmocka_unit_test_teardown(test_huge, restore_options),
+		cmocka_unit_test_teardown(test_trim_and_held, restore_options),
+		cmocka_unit_test_teardown(test_nowait, restore_options),
+		cmocka_unit_test_teardown(test_fork, restore_options),
+		cmocka_unit_test_teardown(test_threads, restore_options),
+		cmocka_unit_test_teardown(test_cap, restore_options),
+		cmocka_unit_test_teardown(test_uaf_faults, restore_options),
+		cmocka_unit_test_teardown(test_uaf_unnoticed_without, restore_options),
+		cmocka_unit_test_teardown(test_freed_block_reported, restore_options),
 	};
 	return cmocka_run_group_tests_name("guard", tests, NULL, NULL);
 }
