@@ -125,7 +125,8 @@ static struct sa_cache *cache_create(const char *name, size_t size,
 		align = SA_CACHELINE;
 	/* nothing is written into a free object (slabs keep bitmaps), so a constructed or
 	 * SA_CACHE_TYPESAFE_RCU object needs no room for a link */
-	unsigned debug = (args->flags & SA_CACHE_DEBUG) ? SA_DEBUG_ALL : sa_opt.debug;
+	unsigned debug =
+		(args->flags & SA_CACHE_DEBUG) ? SA_DEBUG_CACHE : sa_opt.debug & SA_DEBUG_CACHE;
 	/* a red zone of at least 16 bytes after every object (debug Z) */
 	size_t room = (debug & SA_DEBUG_REDZONE) ? size + 16 : size;
 	size_t stride = (room + align - 1) & ~(align - 1);

@@ -16,6 +16,25 @@
  *      SA_CACHE_TYPESAFE_RCU, whose free objects keep their contents by contract.
  *   U  owner: the call sites of the last allocation and free of every object, kept beside the
  *      slab's bitmap, printed with every report (symbolized with dladdr where it can).
+ *   G  guard (malloc blocks above 32 KiB, not a cache letter): a freed large block's unit run
+ *      and the block part of a cached huge mapping are made PROT_NONE before they go back to
+ *      the free units or the huge cache, and PROT_READ|PROT_WRITE again by their next owner,
+ *      so a read or a write after free faults at the access (SIGSEGV). The mprotect calls are
+ *      here (sa_debug_guard / sa_debug_unguard); the bookkeeping is with the memory it
+ *      protects: a segment's guard_units bits (alloc/segment.c), a huge cache entry's
+ *      guarded flag (alloc/malloc.c). Invariants:
+ *        - only the owner of a run protects it, before the run is free (never a free run),
+ *          and sets its bits; only the next owner clears them and restores access, after it
+ *          took the run: a free unit whose bit is clear is accessible;
+ *        - a context that may not make system calls (SA_NOWAIT) never protects (its large
+ *          and huge frees are put off, alloc/defer.c) and never takes a guarded run;
+ *        - the emergency reserve's runs are never protected (taken without a system call);
+ *        - guarded_units counts the bits set in every segment: at most guard_cap (a quarter
+ *          of vm.max_map_count), so the mappings split by PROT_NONE ranges (at most two more
+ *          per range, one range per unit at worst) stay under half the kernel's limit; a free
+ *          past the cap, or one whose mprotect fails, stays accessible (counted, told once).
+ *      Without G nothing here runs: the segment paths test a guard bit they find clear, the
+ *      huge cache an entry flag, and no system call is made (docs/robustness.md §3).
  * The call site is the return address at the API entry (sa_cache_alloc, sa_malloc and its
  * family, sa_cache_free, sa_free), stored in a thread-local by their slow paths, which a
  * debugged cache always takes.
@@ -26,9 +45,13 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "alloc/scope.h"
 
@@ -162,4 +185,93 @@ void sa_debug_bad_free(struct sa_cache *c, struct sa_slab *s, uint32_t i, const 
 		       const char *what)
 {
 	report(c, s, i, obj, what);
+}
+
+/* ------------------------------------------------------------------ G: guarded frees -------- */
+static _Atomic size_t guarded_units; /* units with a guard bit set, in every segment */
+static _Atomic size_t guard_cap;     /* 0: not read yet */
+static _Atomic int guard_told;
+
+/* The most units that may be guarded at once: a quarter of vm.max_map_count (65530 when it
+ * cannot be read, the kernel's default). Read once, without allocating. */
+static size_t guard_cap_units(void)
+{
+	size_t cap = atomic_load_explicit(&guard_cap, memory_order_relaxed);
+	if (cap)
+		return cap;
+	unsigned long max = 65530;
+	int nc = sa_nocancel_begin(); /* open and read are cancellation points */
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		char buf[32];
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (n > 0) {
+			buf[n] = 0;
+			unsigned long v = strtoul(buf, NULL, 10);
+			if (v >= 1024)
+				max = v;
+		}
+	}
+	sa_nocancel_end(nc);
+	cap = max / 4;
+	atomic_store_explicit(&guard_cap, cap, memory_order_relaxed);
+	return cap;
+}
+
+static SA_COLD void guard_skipped(const char *why, int err)
+{
+	sa_gstat_add(SA_G_GUARD_SKIPPED, 1);
+	if (atomic_exchange(&guard_told, 1))
+		return;
+	if (err) /* errno's number: strerror may allocate (locales), this runs inside free */
+		sa_msg("sheafalloc: debug=G: a freed block was left accessible (%s failed, errno "
+		       "%d); a use after free of such blocks is not caught (docs/robustness.md "
+		       "section 3)\n",
+		       why, err);
+	else
+		sa_msg("sheafalloc: debug=G: a freed block was left accessible (%s); a use after "
+		       "free "
+		       "of such blocks is not caught (docs/robustness.md section 3)\n",
+		       why);
+}
+
+/* Make the len bytes at p inaccessible: a freed large run of `units` units, or (units 0) the
+ * block part of a huge mapping going into the huge cache. The caller owns the memory and
+ * records the guard (bits, flag) only on success; false: left accessible. */
+bool sa_debug_guard(void *p, size_t len, unsigned units)
+{
+	if (units) {
+		size_t cap = guard_cap_units();
+		if (atomic_fetch_add(&guarded_units, units) + units > cap) {
+			atomic_fetch_sub(&guarded_units, units);
+			guard_skipped(
+				"a quarter of vm.max_map_count of 64 KiB units guarded already", 0);
+			return false;
+		}
+	}
+	if (mprotect(p, len, PROT_NONE) != 0) {
+		int err = errno;
+		if (units)
+			atomic_fetch_sub(&guarded_units, units);
+		guard_skipped("mprotect", err);
+		return false;
+	}
+	sa_gstat_add(SA_G_GUARDED, 1);
+	return true;
+}
+
+/* Make guarded memory accessible again for its new owner, who cleared its guard (units: how
+ * many guard bits it cleared). false: mprotect failed (the caller decides what then). */
+bool sa_debug_unguard(void *p, size_t len, unsigned units)
+{
+	if (units)
+		atomic_fetch_sub(&guarded_units, units);
+	return mprotect(p, len, PROT_READ | PROT_WRITE) == 0;
+}
+
+/* Guarded units whose segment was unmapped (their bits went with it). */
+void sa_debug_guard_forget(unsigned units)
+{
+	atomic_fetch_sub(&guarded_units, units);
 }

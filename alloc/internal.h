@@ -121,6 +121,8 @@ enum sa_gstat_item {
 	SA_G_DEFERRED,		 /* frees deferred by a NOWAIT context */
 	SA_G_PINNED,		 /* slabs and blocks mlock'ed */
 	SA_G_PIN_FAILS,		 /* mlock refused */
+	SA_G_GUARDED,		 /* debug=G: freed large runs and huge mappings made PROT_NONE */
+	SA_G_GUARD_SKIPPED, /* debug=G: frees left accessible (over the cap, mprotect refused) */
 	SA_NR_GSTATS
 };
 extern _Atomic uint64_t sa_gstat[SA_NR_GSTATS];
@@ -265,10 +267,15 @@ struct sa_segment {
 	uint64_t free_units;	 /* pages->lock: bit i set = unit i free (bit 0 is the header) */
 	struct sa_segment *next; /* pages->lock: node's segment list */
 	uint64_t dirty_units;	 /* pages->lock: free units whose pages may still be resident */
-	size_t huge_len;	 /* huge: bytes mapped from the segment start */
-	size_t huge_off;	 /* huge: offset of the user block */
-	uint32_t reserve;	 /* the emergency reserve's segment (never on a node's list) */
-	uint32_t pinned;	 /* huge: the mapping is mlock'ed */
+	union {
+		size_t huge_len;      /* huge: bytes mapped from the segment start */
+		uint64_t guard_units; /* units segment, atomic: bit i = unit i is free and
+				       * PROT_NONE (debug=G, alloc/debug.c); set by the run's last
+				       * owner before it goes back, cleared by the next owner */
+	};
+	size_t huge_off;  /* huge: offset of the user block */
+	uint32_t reserve; /* the emergency reserve's segment (never on a node's list) */
+	uint32_t pinned;  /* huge: the mapping is mlock'ed */
 	struct sa_slab slabs[SA_UNITS_PER_SEG]; /* slabs[0] unused (header unit) */
 };
 _Static_assert(offsetof(struct sa_segment, slabs) == 64, "sa_slab_of relies on it");
@@ -354,11 +361,13 @@ static inline uint64_t sa_cache_stat_racy(struct sa_cache *c, enum sa_stat_item 
 }
 
 /* debugging checks (alloc/debug.c): the letters of the option debug= */
-#define SA_DEBUG_SANITY	 1u /* F: every free checked at its slab (the per-CPU sheaves are off) */
-#define SA_DEBUG_REDZONE 2u /* Z: 16+ bytes after each object, checked on free */
-#define SA_DEBUG_POISON	 4u /* P: freed objects filled, checked when handed out again */
-#define SA_DEBUG_OWNER	 8u /* U: allocation and free call sites, printed with every report */
-#define SA_DEBUG_ALL	 15u
+#define SA_DEBUG_SANITY	 1u  /* F: every free checked at its slab (the per-CPU sheaves are off) */
+#define SA_DEBUG_REDZONE 2u  /* Z: 16+ bytes after each object, checked on free */
+#define SA_DEBUG_POISON	 4u  /* P: freed objects filled, checked when handed out again */
+#define SA_DEBUG_OWNER	 8u  /* U: allocation and free call sites, printed with every report */
+#define SA_DEBUG_GUARD	 16u /* G: freed large and huge malloc blocks PROT_NONE until reused */
+#define SA_DEBUG_CACHE	 15u /* the letters a cache takes (G is for malloc blocks only) */
+#define SA_DEBUG_ALL	 31u
 
 extern __thread const void *sa_caller __attribute__((tls_model("initial-exec")));
 size_t sa_debug_meta_bytes(const struct sa_cache *c, uint32_t nobjs); /* bitmap + owners */
@@ -368,6 +377,10 @@ void sa_debug_on_free(struct sa_cache *c, struct sa_slab *s, uint32_t i);
 void sa_debug_bad_free(struct sa_cache *c, struct sa_slab *s, uint32_t i, const void *obj,
 		       const char *what);
 uint32_t sa_debug_index(const struct sa_cache *c, const struct sa_slab *s, const void *p);
+/* G (alloc/debug.c): units is the count of 64 KiB units for a large run, 0 for a huge block */
+bool sa_debug_guard(void *p, size_t len, unsigned units);   /* PROT_NONE; false: left as is */
+bool sa_debug_unguard(void *p, size_t len, unsigned units); /* PROT_READ|WRITE; false: failed */
+void sa_debug_guard_forget(unsigned units); /* guarded units unmapped (sa_segment_unmap_free) */
 
 /* options (alloc/options.c) */
 struct sa_options {
@@ -386,6 +399,11 @@ struct sa_options {
 	int topology_hwloc; /* topology=hwloc: load hwloc even on one node */
 };
 extern struct sa_options sa_opt;
+/* debug=G is on: freed large and huge malloc blocks are made inaccessible (alloc/debug.c) */
+static inline bool sa_guard_on(void)
+{
+	return SA_UNLIKELY(sa_opt.debug & SA_DEBUG_GUARD);
+}
 void sa_options_parse(const char *s);
 void sa_options_print(int fd);
 
@@ -449,6 +467,7 @@ static inline char *sa_slab_base(const struct sa_slab *s)
 struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flags,
 				       _Atomic uint64_t *bind_failures);
 void sa_segment_free_units(struct sa_slab *head);	/* a published run (cache set) */
+void sa_segment_free_block(struct sa_slab *head);	/* a large malloc block's run (debug=G) */
 void sa_segment_unuse_units(struct sa_slab *head);	/* a run never published */
 void sa_segment_release_deferred(struct sa_slab *head); /* SA_DEFER_RUN */
 void sa_segment_units_deferred(struct sa_slab *head);	/* SA_DEFER_UNITS */

@@ -16,6 +16,14 @@
  *          mremap; unmapped on free.
  * The marker caches' slots carry node -1, so a push onto them always fails into the slow path,
  * which dispatches on the marker: the small-object free path pays nothing for them.
+ *
+ * debug=G (alloc/debug.c): a freed large block's run is made PROT_NONE by
+ * sa_segment_free_block, a freed huge block's pages when its mapping goes into the huge cache
+ * (from SA_HUGE_HDR on: the header and unit records stay readable, so a second free, a realloc
+ * or malloc_usable_size of the freed pointer is answered from them, never by reading the
+ * block); the next owner restores access. In a NOWAIT context a large free is put off
+ * (mprotect is a system call), as a huge one always is. Without G: the same paths, no
+ * system call more.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -379,6 +387,7 @@ struct huge_cached {
 	struct sa_segment *seg; /* NULL: empty slot */
 	size_t len;
 	uint64_t when_ns;
+	bool guarded; /* debug=G: [SA_HUGE_HDR, len) is PROT_NONE while cached */
 };
 static pthread_mutex_t huge_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct huge_cached huge_cache[HUGE_CACHE_SLOTS]; /* huge_cache_lock */
@@ -460,6 +469,11 @@ static struct sa_segment *huge_cache_take(size_t len)
 		munmap((char *)hit.seg + len, hit.len - len);
 		sa_held_sub(hit.len - len);
 	}
+	if (hit.seg && hit.guarded &&
+	    !sa_debug_unguard((char *)hit.seg + SA_HUGE_HDR, len - SA_HUGE_HDR, 0)) {
+		huge_unmap(hit.seg, len); /* not usable: the caller maps a fresh one */
+		return NULL;
+	}
 	return hit.seg;
 }
 
@@ -471,6 +485,10 @@ static int huge_cache_put(struct sa_segment *seg, size_t len)
 	if (cap > HUGE_CACHE_MAX)
 		cap = HUGE_CACHE_MAX;
 	if (len > cap || sa_opt.purge_ms == 0)
+		return 0;
+	/* debug=G: inaccessible while cached; refused, it is not kept (unmapped, it faults too) */
+	bool guard = sa_guard_on();
+	if (guard && !sa_debug_guard((char *)seg + SA_HUGE_HDR, len - SA_HUGE_HDR, 0))
 		return 0;
 	struct huge_cached out[HUGE_CACHE_SLOTS + 1];
 	pthread_mutex_lock(&huge_cache_lock);
@@ -489,6 +507,7 @@ static int huge_cache_put(struct sa_segment *seg, size_t len)
 			free_slot->seg = seg;
 			free_slot->len = len;
 			free_slot->when_ns = sa_now_ns();
+			free_slot->guarded = guard;
 			atomic_fetch_add(&huge_cached_bytes, len);
 			break;
 		}
@@ -604,16 +623,15 @@ SA_NOINLINE void sa_free_slow(struct sa_cache *c, void *p, struct sa_slab *s, in
 		struct sa_slab *h = s->head;
 		if (SA_UNLIKELY(!large_is_start(s, p))) {
 			sa_cache_bad_free(NULL, p, "a pointer into a block, not its start");
-		} else if (h->flags & SA_SLAB_PINNED) {
-			if (!sa_may_syscall(sa_flags_effective(0))) {
-				sa_defer(p, SA_DEFER_FREE); /* munlock: later */
-				return;
-			}
-			munlock(sa_slab_base(h), (size_t)h->nunits * SA_UNIT_SIZE);
-			h->flags &= ~SA_SLAB_PINNED;
-			sa_segment_free_units(h);
+		} else if (((h->flags & SA_SLAB_PINNED) || sa_guard_on()) &&
+			   !sa_may_syscall(sa_flags_effective(0))) {
+			sa_defer(p, SA_DEFER_FREE); /* munlock, or mprotect (debug=G): later */
 		} else {
-			sa_segment_free_units(h); /* a NOWAIT context: try-locks, or deferred */
+			if (h->flags & SA_SLAB_PINNED) {
+				munlock(sa_slab_base(h), (size_t)h->nunits * SA_UNIT_SIZE);
+				h->flags &= ~SA_SLAB_PINNED;
+			}
+			sa_segment_free_block(h); /* a NOWAIT context: try-locks, or deferred */
 		}
 		return;
 	}
@@ -796,8 +814,11 @@ SA_API void *sa_realloc(void *p, size_t size)
 	struct sa_slab *s = sa_slab_of(p);
 	struct sa_cache *c = s ? __atomic_load_n(&s->cache, __ATOMIC_ACQUIRE) : NULL;
 	size_t old = sa_malloc_usable_size(p);
-	if (!c && !old) {
-		sa_cache_bad_free(NULL, p, "realloc of a pointer that is not a sheafalloc block");
+	if (!c && !old) { /* nothing of the block is read: it may be inaccessible (debug=G) */
+		sa_cache_bad_free(NULL, p,
+				  s ? "realloc of a pointer that is not an allocated block (freed "
+				      "already, or never allocated)"
+				    : "realloc of a pointer that is not a sheafalloc block");
 		errno = EINVAL;
 		return NULL;
 	}

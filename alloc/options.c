@@ -73,9 +73,10 @@ static const struct opt_desc table[] = {
 	 "a NOWAIT scope opens (0: none)"},
 	{"stats_print", OPT_ENUM, &sa_opt.stats_print, 0, 2, "0|1|json",
 	 "print every cache's statistics at exit (1: text, json: JSON)"},
-	{"debug", OPT_LETTERS, &sa_opt.debug, 0, SA_DEBUG_ALL, "FZPU",
+	{"debug", OPT_LETTERS, &sa_opt.debug, 0, SA_DEBUG_ALL, "FZPUG",
 	 "debugging checks on every cache and malloc: F sanity on every free, Z red zones, P "
-	 "poisoning, U owner tracking; all = FZPU, 0 = none (docs/robustness.md)"},
+	 "poisoning, U owner tracking, G freed blocks above 32 KiB inaccessible until reused; all "
+	 "= FZPUG, 0 = none (docs/robustness.md)"},
 	{"scope_check", OPT_ENUM, &sa_opt.scope_check_abort, 0, 1, "warn|abort",
 	 "what a scope restored out of order does"},
 	{"bad_free", OPT_ENUM, &sa_opt.bad_free_abort, 0, 1, "warn|abort",
@@ -241,7 +242,7 @@ void sa_options_parse(const char *s)
 
 void sa_options_print(int fd)
 {
-	char buf[256];
+	char buf[384]; /* the name, the value and the longest doc with room to spare */
 	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
 		const struct opt_desc *d = &table[i];
 		unsigned long long v;

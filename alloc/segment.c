@@ -45,10 +45,24 @@
  * stash->lock is a spinlock held for a few loads and stores, a leaf (nothing is taken under
  * it): a thread only ever tries it (a busy stash sends the caller to pages->lock), except a
  * purge and the fork handlers, which wait for it.
+ *
+ * Guarded runs (debug=G, alloc/debug.c): a large malloc block's run is made PROT_NONE by
+ * sa_segment_free_block after its records are cleared and before release_run makes it free
+ * (the claim by exchange comes first, so a racing second free never touches the run), and its
+ * units' bits are set in seg->guard_units. Whoever takes units later (sa_segment_alloc_units,
+ * a realloc growing in place) clears the bits it finds set in its run and restores access
+ * before anything is written there; a NOWAIT taker skips guarded runs in the bitmap instead,
+ * so it never makes that system call, and nobody takes a guarded run from a stash (it waits
+ * there while newer runs pass, then goes to the bitmap: a freed block is not handed to the very
+ * next malloc of its size). A guarded run is otherwise free like any other: stashed, purged
+ * (madvise works on PROT_NONE pages; the protection stays), unmapped with its segment (its bits
+ * are forgotten). The test on the default path is a load of the
+ * bits (clear) in the segment header that take_locked reads anyway: no system call.
  */
 #define _GNU_SOURCE /* PTHREAD_MUTEX_ADAPTIVE_NP */
 #include <errno.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -190,13 +204,25 @@ static int find_run(uint64_t m, unsigned n)
 	return r ? __builtin_ctzll(r) : -1;
 }
 
-/* Take a run of units from seg (locked), a dirty one if there is (its pages are resident and
- * held already: no new charge, no page faults); *dirty gets the mask of the dirty units taken. */
-static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units, uint64_t *dirty)
+/* Units of seg that are free and guarded (PROT_NONE, debug=G); atomic: the bits are set by a
+ * run's owner before the run is given back, not under pages->lock. */
+static uint64_t guarded(const struct sa_segment *seg)
 {
-	int at = find_run(seg->free_units & seg->dirty_units, units);
+	return __atomic_load_n(&seg->guard_units, __ATOMIC_ACQUIRE);
+}
+
+/* Take a run of units from seg (locked), a dirty one if there is (its pages are resident and
+ * held already: no new charge, no page faults); *dirty gets the mask of the dirty units taken.
+ * nowait: no guarded unit (making it accessible again is a system call). */
+static struct sa_slab *take_locked(struct sa_segment *seg, unsigned units, uint64_t *dirty,
+				   bool nowait)
+{
+	uint64_t can = seg->free_units;
+	if (nowait)
+		can &= ~guarded(seg);
+	int at = find_run(can & seg->dirty_units, units);
 	if (at < 0)
-		at = find_run(seg->free_units, units);
+		at = find_run(can, units);
 	if (at < 0)
 		return NULL;
 	uint64_t mask = unit_mask((unsigned)at, units);
@@ -307,8 +333,20 @@ void sa_segment_units_deferred(struct sa_slab *head)
 	give_back_units(seg, (unsigned)(head - seg->slabs), units, false);
 }
 
-/* The newest stashed run of this CPU with exactly units units on node, or NULL. */
-static struct sa_slab *stash_take(int node, unsigned units)
+/* Is any unit of the run of n units at head guarded? */
+static bool run_guarded(const struct sa_slab *head, unsigned n)
+{
+	const struct sa_segment *seg =
+		(const struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
+	return (guarded(seg) & unit_mask((unsigned)(head - seg->slabs), n)) != 0;
+}
+
+/* The newest stashed run of this CPU with exactly units units on node, or NULL. Not a guarded
+ * one under NOWAIT (mprotect) nor while debug=G is on: a freed block of up to 256 KiB stays
+ * inaccessible while SA_STASH_RUNS newer runs pass through the stash, instead of going to the
+ * very next malloc of its size (which would hide a use after free right behind it); pushed
+ * out, it is reusable from its segment's bitmap. Without either, no guard bit is read. */
+static struct sa_slab *stash_take(int node, unsigned units, bool nowait)
 {
 	if (units > SA_STASH_RUN_MAX)
 		return NULL;
@@ -318,7 +356,8 @@ static struct sa_slab *stash_take(int node, unsigned units)
 	struct sa_slab *s = NULL;
 	for (unsigned i = st->n; i-- > 0;) {
 		uintptr_t e = st->run[i];
-		if (entry_units(e) == units && entry_head(e)->node == node) {
+		if (entry_units(e) == units && entry_head(e)->node == node &&
+		    !((nowait || sa_guard_on()) && run_guarded(entry_head(e), units))) {
 			s = entry_head(stash_remove_locked(st, i));
 			break;
 		}
@@ -406,6 +445,48 @@ static void purge_tick(void)
 		sa_segment_purge(0);
 }
 
+/* Units [head, head + n) were just taken (their owner is the caller): clear their guard bits and
+ * make them accessible again where any was set (debug=G). Without guarded units: one load, no
+ * system call. If the mprotect fails (a range that would split a mapping past
+ * vm.max_map_count), the whole segment is made accessible, which merges its mappings; the other
+ * guarded runs in it lose their protection but keep their bits (a later owner's mprotect of an
+ * accessible run does no harm). If that fails too, handing out inaccessible memory is not an
+ * option: the process aborts with a message. */
+static void unguard_units(struct sa_slab *head, unsigned n)
+{
+	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
+	uint64_t mask = unit_mask((unsigned)(head - seg->slabs), n);
+	if (SA_LIKELY(!(guarded(seg) & mask)))
+		return;
+	uint64_t had = __atomic_fetch_and(&seg->guard_units, ~mask, __ATOMIC_ACQ_REL) & mask;
+	if (!had)
+		return;
+	char *base = sa_slab_base(head);
+	if (sa_debug_unguard(base, (size_t)n * SA_UNIT_SIZE, (unsigned)__builtin_popcountll(had)))
+		return;
+	if (mprotect((char *)seg + SA_UNIT_SIZE, SA_SEG_SIZE - SA_UNIT_SIZE,
+		     PROT_READ | PROT_WRITE) == 0)
+		return;
+	sa_msg("sheafalloc: debug=G: cannot make freed memory at %p accessible again (mprotect); "
+	       "aborting\n",
+	       (void *)base);
+	abort();
+}
+
+/* Units [head, head + n), which the caller owns and is about to give back, become PROT_NONE and
+ * guarded (debug=G), unless this context may not make system calls, the run is the emergency
+ * reserve's, or sa_debug_guard declines (over its cap, mprotect refused). */
+static void guard_units(struct sa_slab *head, unsigned n)
+{
+	struct sa_segment *seg = (struct sa_segment *)((uintptr_t)head & ~(SA_SEG_SIZE - 1));
+	if (seg->reserve || !sa_may_syscall(sa_flags_effective(0)))
+		return;
+	if (!sa_debug_guard(sa_slab_base(head), (size_t)n * SA_UNIT_SIZE, n))
+		return;
+	__atomic_fetch_or(&seg->guard_units, unit_mask((unsigned)(head - seg->slabs), n),
+			  __ATOMIC_RELEASE);
+}
+
 /*
  * A run of `units` units on node, for a slab or a large block, or NULL. Order: this CPU's stash
  * (dirty units), then the node's segments (dirty runs first), then a new segment. Units that
@@ -426,7 +507,7 @@ struct sa_slab *sa_segment_alloc_units(int node, unsigned units, sa_flags_t flag
 	uint64_t dirty = 0;
 	struct sa_slab *s;
 again:
-	s = stash_take(node, units);
+	s = stash_take(node, units, nowait);
 	if (s)
 		goto found;
 	if (nowait) {
@@ -438,7 +519,7 @@ again:
 	size_t clean = 0;
 	bool refused = false;
 	for (struct sa_segment *seg = pg->segs; seg && !s; seg = seg->next) {
-		if (seg->nfree < units || !(s = take_locked(seg, units, &dirty)))
+		if (seg->nfree < units || !(s = take_locked(seg, units, &dirty, nowait)))
 			continue;
 		/* the clean units are charged while the lock is held, so that a refusal puts the
 		 * run back at once (a NOWAIT caller could not wait for the lock again) */
@@ -474,7 +555,7 @@ again:
 		goto reserve;
 	}
 	pthread_mutex_lock(&pg->lock);
-	s = take_locked(seg, units, &dirty);
+	s = take_locked(seg, units, &dirty, false); /* a new segment: nothing guarded */
 	seg->next = pg->segs;
 	pg->segs = seg;
 	pthread_mutex_unlock(&pg->lock);
@@ -488,6 +569,7 @@ reserve:
 	if (!sa_may_use_reserve(flags) || !(s = sa_reserve_take_units(units)))
 		return NULL;
 found:
+	unguard_units(s, units); /* debug=G: a guarded run is made accessible again */
 	for (unsigned i = 0; i < units; i++) {
 		s[i].head = s;
 		s[i].nunits = (uint16_t)units;
@@ -543,7 +625,7 @@ static void clear_records(struct sa_slab *head, unsigned units)
 	}
 }
 
-void sa_segment_free_units(struct sa_slab *head)
+static void free_units(struct sa_slab *head, bool guard)
 {
 	unsigned units = head->nunits;
 	if (!__atomic_exchange_n(&head->cache, NULL, __ATOMIC_ACQ_REL)) {
@@ -553,7 +635,20 @@ void sa_segment_free_units(struct sa_slab *head)
 		return;
 	}
 	clear_records(head, units);
+	if (guard) /* claimed above, not free yet: nobody else can take or protect it */
+		guard_units(head, units);
 	release_run(head, units);
+}
+
+void sa_segment_free_units(struct sa_slab *head)
+{
+	free_units(head, false);
+}
+
+/* A large malloc block's run: as sa_segment_free_units, made inaccessible first under debug=G. */
+void sa_segment_free_block(struct sa_slab *head)
+{
+	free_units(head, sa_guard_on());
 }
 
 /* A run taken with sa_segment_alloc_units and never published (no cache recorded). */
@@ -598,7 +693,8 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units, sa_flags_t fla
 			} else {
 				pthread_mutex_lock(&pg->lock);
 			}
-			if ((seg->free_units & mask) == mask)
+			/* a NOWAIT caller may not make guarded units accessible (mprotect) */
+			if ((seg->free_units & mask) == mask && !(nowait && (guarded(seg) & mask)))
 				break;
 			pthread_mutex_unlock(&pg->lock);
 			/* the units after the block may sit in this CPU's stash: free them and retry */
@@ -616,6 +712,7 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units, sa_flags_t fla
 		atomic_fetch_add(&units_used, units - old);
 		atomic_fetch_sub(&dirty_bytes,
 				 (uint64_t)__builtin_popcountll(was_dirty) * SA_UNIT_SIZE);
+		unguard_units(head + old, units - old); /* debug=G: before the program writes */
 		for (unsigned i = old; i < units; i++) {
 			head[i].head = head;
 			__atomic_store_n(&head[i].cache, head->cache, __ATOMIC_RELEASE);
@@ -624,6 +721,8 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units, sa_flags_t fla
 			head[i].nunits = (uint16_t)units;
 		return 0;
 	}
+	if (!nowait && sa_guard_on()) /* debug=G: the tail given back, while it is still ours */
+		guard_units(head + units, old - units);
 	if (nowait) {
 		if (pthread_mutex_trylock(&pg->lock) != 0)
 			return -1; /* the block stays as it is */
@@ -799,6 +898,9 @@ size_t sa_segment_unmap_free(void)
 			*sp = seg->next;
 			size_t dirty =
 				(size_t)__builtin_popcountll(seg->dirty_units) * SA_UNIT_SIZE;
+			uint64_t g = guarded(seg); /* wholly free: nobody changes its bits now */
+			if (g)
+				sa_debug_guard_forget((unsigned)__builtin_popcountll(g));
 			atomic_fetch_sub(&dirty_bytes, dirty);
 			sa_held_sub(dirty + SA_UNIT_SIZE);
 			sa_segmap_set(seg, 0); /* before the munmap: a stale free says "not ours" */
