@@ -31,6 +31,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,29 @@ struct capture {
 	FILE *tmp;
 	char *text; /* filled by capture_end; freed by capture_free */
 };
+
+/* Runs this test binary again (/proc/self/exe) with argv and envp, its stderr captured, and
+ * waits for it: returns the wait status, and the child's stderr (NUL-terminated, at most len - 1
+ * bytes) in err. For the tests whose child must die (an abort, a SIGSEGV) with a report. */
+static inline int spawn_self(char *const argv[], char *const envp[], char *err, size_t len)
+{
+	char path[] = "/tmp/sa_child_XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fd, 2);
+	pid_t pid;
+	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, envp), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	int st = 0;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	ssize_t n = pread(fd, err, len - 1, 0);
+	err[n > 0 ? n : 0] = 0;
+	close(fd);
+	return st;
+}
 
 static inline void capture_begin(struct capture *cap)
 {

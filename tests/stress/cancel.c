@@ -924,6 +924,14 @@ static void run(const char *what, int (*body)(struct sa_watch *, void *), void *
 static void test_cancel_at_random_moments(void **state)
 {
 	(void)state;
+#ifdef __SANITIZE_THREAD__
+	/* A cancellation at a random moment can unwind a thread out of one of TSan's interceptors
+	 * while the runtime holds an internal lock, which then stays taken: seen in CI as a hang
+	 * with every thread waiting on a futex in libtsan's data (one, behind them, on
+	 * sa_caches_lock). TSan's runtime is not cancellation-safe there; the cancellations at the
+	 * known points below still run under TSan, and this one runs plain and under ASan. */
+	skip();
+#endif
 	run("cancel at random moments", random_cancellations, NULL);
 }
 

@@ -18,7 +18,6 @@
 #include "sa_test.h"
 
 #include <signal.h>
-#include <spawn.h>
 
 #define NKEEP 32
 
@@ -106,30 +105,16 @@ extern char **environ;
 
 static int spawn(int kind, int use_flag, const char *opts, char *err, size_t len)
 {
-	char k[16], f[16], path[] = "/tmp/sa_debug_XXXXXX";
+	char k[16], f[16];
 	snprintf(k, sizeof(k), "%d", kind);
 	snprintf(f, sizeof(f), "%d", use_flag);
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	unlink(path);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fd, 2);
 	char env_opt[256];
 	const char *base = getenv("SHEAFALLOC_OPTIONS");
 	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s%s%s", base ? base : "",
 		 base && *base ? "," : "", opts);
 	char *envp[] = {env_opt, NULL};
 	char *argv[] = {"debug", "--misuse", k, f, NULL};
-	pid_t pid;
-	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, envp), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	int st = 0;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	ssize_t n = pread(fd, err, len - 1, 0);
-	err[n > 0 ? n : 0] = 0;
-	close(fd);
-	return st;
+	return spawn_self(argv, envp, err, len);
 }
 
 static const char *const expect[] = {"double free",

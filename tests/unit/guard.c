@@ -27,7 +27,6 @@
 #include "sa_test.h"
 
 #include <signal.h>
-#include <spawn.h>
 
 #define LARGE (256u << 10)
 #define HUGE  (8u << 20)
@@ -586,13 +585,6 @@ extern char **environ;
  * the wait status, the child's stderr in err. */
 static int spawn(const char *what, const char *opts, char *err, size_t len)
 {
-	char path[] = "/tmp/sa_guard_XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	unlink(path);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fd, 2);
 	static char env_opt[512], env_asan[512], env_tsan[512];
 	const char *base = getenv("SHEAFALLOC_OPTIONS");
 	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s%s%s", base ? base : "",
@@ -613,15 +605,7 @@ static int spawn(const char *what, const char *opts, char *err, size_t len)
 	envp[k++] = env_tsan;
 	envp[k] = NULL;
 	char *argv[] = {"guard", "--child", (char *)what, NULL};
-	pid_t pid;
-	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, envp), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	int st = 0;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	ssize_t n = pread(fd, err, len - 1, 0);
-	err[n > 0 ? n : 0] = 0;
-	close(fd);
-	return st;
+	return spawn_self(argv, envp, err, len);
 }
 
 static const char *const uaf_cases[] = {"read-large", "write-large", "read-huge", "write-huge"};

@@ -843,6 +843,10 @@ static void shrink_stress_child(void)
 	while (cycles < 2000 || atomic_load(&stress_calls) < 300) {
 		CHK(now_s() < guard, "after %ld cycles only %ld shrinker calls", cycles,
 		    atomic_load(&stress_calls));
+		if (cycles >= 2000) /* enough cycles: leave the CPU to the allocating threads (under
+				     * valgrind, which runs one thread at a time, this loop
+				     * starved them: 41 million cycles, 250 calls in 120 s) */
+			usleep(200);
 		struct sshrink *x = &sshr[cycles % STRESS_SHRINKERS];
 		if (atomic_load(&x->live)) {
 			sa_shrinker_unregister(&x->s);

@@ -207,27 +207,13 @@ static int misuse_child(int kind)
 
 static int spawn_kind(int kind, const char *opts, char *err, size_t errlen)
 {
-	char k[16], path[] = "/tmp/sa_robust_XXXXXX";
+	char k[16];
 	snprintf(k, sizeof(k), "%d", kind);
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	unlink(path);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, fd, 2);
 	char env_opt[256];
 	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s", opts);
 	char *envp[] = {env_opt, NULL};
 	char *argv[] = {"robust", "--misuse", k, NULL};
-	pid_t pid;
-	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, envp), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	int st = 0;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	ssize_t n = pread(fd, err, errlen - 1, 0);
-	err[n > 0 ? n : 0] = 0;
-	close(fd);
-	return st;
+	return spawn_self(argv, envp, err, errlen);
 }
 
 static void test_misuse_aborts_by_default(void **state)
