@@ -322,7 +322,7 @@ void *sa_cache_alloc_nozero(struct sa_cache *c, sa_flags_t flags)
 
 SA_API SA_HOT_ALIGN void *sa_cache_alloc(struct sa_cache *c, sa_flags_t flags)
 {
-	return sa_cache_alloc_ra(c, flags, __builtin_return_address(0));
+	return sa_cache_alloc_fast(c, flags, false);
 }
 
 SA_API SA_HOT_ALIGN void sa_cache_free(struct sa_cache *c, void *obj)

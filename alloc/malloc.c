@@ -127,25 +127,10 @@ static inline unsigned size_to_class(size_t n)
 	return 20 + (lg - 10) * 4 + mod;
 }
 
-/* An object of a malloc class: its second word held the free key (sa_free_keyed), which goes,
- * so a later free of it is not mistaken for a double free. sa_cache_alloc_ra's fast path with
- * that one store added; the slow paths clear it themselves (every keyed cache's object), so
- * that both branches end in a tail call and the fast path needs no stack frame. */
+/* An object of a malloc class (keyed: alloc/cache_inline.h). */
 static inline __attribute__((always_inline)) void *class_alloc(struct sa_cache *c, sa_flags_t flags)
 {
-	/* inlined into the family's functions: the return address is the program's call site */
-	if (SA_UNLIKELY(sa_scope_flags() | (flags & (SA_ZERO | SA_PIN)))) {
-		sa_caller = __builtin_return_address(0);
-		return sa_cache_alloc_special(c, flags);
-	}
-	int why = 0;
-	void *p = sa_pcs_pop_fast(c, &why);
-	if (SA_LIKELY(p != NULL)) {
-		((uint64_t *)p)[1] = 0;
-		return p;
-	}
-	sa_caller = __builtin_return_address(0);
-	return sa_pcs_alloc_slow(c, flags, why);
+	return sa_cache_alloc_fast(c, flags, true);
 }
 
 static struct sa_cache *marker_cache(const char *name)

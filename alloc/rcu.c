@@ -29,7 +29,8 @@
  * sa_cache_shrink/destroy drain the slots; and the thread itself, every tick (SA_RCU_TICK_MS),
  * drains the rcu sheaves of caches whose sheaves it saw non-empty at the previous tick. So a
  * queued object is freed at most two ticks plus SA_RCU_GATHER_US plus one grace period after
- * sa_free_rcu, even if the program never frees again. A thread's exit leaves nothing behind (the sheaves are per CPU).
+ * sa_free_rcu, even if the program never frees again. A thread's exit leaves nothing behind
+ * (the sheaves are per CPU).
  *
  * Contexts that may not wait (SA_NOWAIT): the push and the exchange are rseq sections; a new
  * sheaf comes only from the barn's try-lock or existing metadata; a submission does not wake
@@ -353,17 +354,24 @@ static void tick(void)
 	nseen = nnow;
 }
 
+/* The CLOCK_REALTIME time us microseconds from now, for pthread_cond_timedwait. */
+static struct timespec deadline_us(long us)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += us * 1000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	return ts;
+}
+
 /* Before a batch: give the work SA_RCU_GATHER_US to reach SA_RCU_GATHER pending, unless none
  * is pending (the batch finds nothing and the thread sleeps its tick) or someone hurries it. */
 static void gather(void)
 {
 	pthread_mutex_lock(&rcu_lock);
 	if (!hurry && atomic_load(&pending_n) > 0 && atomic_load(&pending_n) < SA_RCU_GATHER) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += SA_RCU_GATHER_US * 1000L;
-		ts.tv_sec += ts.tv_nsec / 1000000000L;
-		ts.tv_nsec %= 1000000000L;
+		struct timespec ts = deadline_us(SA_RCU_GATHER_US);
 		while (!hurry && atomic_load(&pending_n) < SA_RCU_GATHER &&
 		       pthread_cond_timedwait(&rcu_wake, &rcu_lock, &ts) != ETIMEDOUT)
 			;
@@ -391,11 +399,7 @@ static void *rcu_main(void *arg)
 		 * or is counted in pending_n here */
 		atomic_store(&idle, true);
 		if (!kicked && atomic_load(&pending_n) == 0) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += (long)SA_RCU_TICK_MS * 1000000L;
-			ts.tv_sec += ts.tv_nsec / 1000000000L;
-			ts.tv_nsec %= 1000000000L;
+			struct timespec ts = deadline_us((long)SA_RCU_TICK_MS * 1000L);
 			pthread_cond_timedwait(&rcu_wake, &rcu_lock, &ts);
 		}
 		bool was_kicked = kicked;

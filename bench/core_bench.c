@@ -89,6 +89,7 @@
 
 #include "sheafalloc.h"
 #include "shim.h"
+#include "lib_of.h"
 
 #define OBJ_SIZE    64
 #define BATCH_OBJS  1000 /* objects per iteration of the batch shape */
@@ -131,15 +132,6 @@ static __typeof__(mi_malloc) *mi_malloc_p;
 static __typeof__(mi_free) *mi_free_p;
 static __typeof__(tc_malloc) *tc_malloc_p;
 static __typeof__(tc_free) *tc_free_p;
-
-static const char *lib_of(const void *fn)
-{
-	Dl_info info;
-	if (!fn || !dladdr(fn, &info) || !info.dli_fname)
-		return "?";
-	const char *slash = strrchr(info.dli_fname, '/');
-	return slash ? slash + 1 : info.dli_fname;
-}
 
 /* "<library of the entry point> <version>; malloc: <library that serves the process's malloc>" */
 static void set_label(struct allocator *a, const void *entry, const char *version)

@@ -121,6 +121,7 @@
 
 #include "sheafalloc.h"
 #include "shim.h"
+#include "lib_of.h"
 
 #define BATCH_OBJS   1000	/* objects per iteration of the batch shape */
 #define PAIR_UNROLL  64		/* iterations per sab_keep_running_batch call */
@@ -278,15 +279,6 @@ static __typeof__(tc_malloc) *tc_malloc_p;
 static __typeof__(tc_free) *tc_free_p;
 static __typeof__(tc_realloc) *tc_realloc_p;
 static char harness_buf[CHURN_BIG] __attribute__((aligned(64))); /* the largest size asked for */
-
-static const char *lib_of(const void *fn)
-{
-	Dl_info info;
-	if (!fn || !dladdr(fn, &info) || !info.dli_fname)
-		return "?";
-	const char *slash = strrchr(info.dli_fname, '/');
-	return slash ? slash + 1 : info.dli_fname;
-}
 
 static void set_label(struct allocator *a, const void *entry, const char *version)
 {

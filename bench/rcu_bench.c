@@ -37,6 +37,7 @@
 
 #include "sheafalloc.h"
 #include "shim.h"
+#include "lib_of.h"
 
 #define OBJ_SIZE 64
 #define RUN_OBJS (1 << 18) /* objects per iteration (then the barrier) */
@@ -64,15 +65,6 @@ static void register_once(void)
 		urcu_memb_register_thread();
 		registered = 1;
 	}
-}
-
-static const char *lib_of(const void *fn)
-{
-	Dl_info info;
-	if (!fn || !dladdr(fn, &info) || !info.dli_fname)
-		return "?";
-	const char *slash = strrchr(info.dli_fname, '/');
-	return slash ? slash + 1 : info.dli_fname;
 }
 
 static void je_open(void)

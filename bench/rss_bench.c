@@ -50,6 +50,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib_of.h"
+
 #define WORKERS	    2
 #define MAX_SAMPLES (1u << 20)
 #define ROUND_OPS   2000 /* replacements per round of phase 3 */
@@ -270,15 +272,6 @@ static void *work(void *arg)
 	for (size_t i = 0; i < w->nblocks && !w->error; i++)
 		free_block(w, &w->blocks[i]);
 	return NULL;
-}
-
-static const char *lib_of(const void *fn)
-{
-	Dl_info info;
-	if (!fn || !dladdr(fn, &info) || !info.dli_fname)
-		return "?";
-	const char *slash = strrchr(info.dli_fname, '/');
-	return slash ? slash + 1 : info.dli_fname;
 }
 
 static void usage(void)
