@@ -670,6 +670,8 @@ bool sa_rcu_slab_release(struct sa_cache *c, struct sa_slab *s); /* typesafe: af
 void sa_rcu_kick(void);	      /* start or wake the RCU thread (not in a NOWAIT context) */
 void sa_rcu_submit_all(void); /* every CPU's partial rcu sheaves, now (sa_trim) */
 void sa_rcu_atfork(int phase);
+/* tests only: called inside sa_rcu_submit between counting a sheaf and pushing it (NULL: none) */
+extern void (*sa_rcu_submit_test_hook)(void);
 void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavor);
 
 /* malloc front end (alloc/malloc.c) */

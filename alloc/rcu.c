@@ -85,6 +85,8 @@ static _Atomic bool idle = true; /* the thread sleeps its tick (or there is none
 static void start_thread(void);
 static void ensure_thread(void);
 
+void (*sa_rcu_submit_test_hook)(void);
+
 void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavor)
 {
 	c->rcu = flavor ? flavor : &urcu_memb_flavor;
@@ -115,6 +117,8 @@ void sa_rcu_submit(struct sa_cache *c, struct sa_sheaf *s)
 	sa_stat_add(c, SA_STAT_RCU_QUEUED, s->size);
 	/* counted before it can be taken: a barrier's target never runs ahead of the work */
 	atomic_fetch_add(&submitted, 1);
+	if (SA_UNLIKELY(sa_rcu_submit_test_hook != NULL))
+		sa_rcu_submit_test_hook();
 	struct sa_sheaf *head = atomic_load_explicit(&pending, memory_order_relaxed);
 	do
 		s->next = head;
@@ -499,6 +503,22 @@ SA_API void sa_rcu_barrier(void)
 	}
 }
 
+/* In the child, with gp_lock and rcu_lock held and no other thread: a parent thread that was
+ * inside sa_rcu_submit at the fork may have counted its sheaf in `submitted` (and pending_n)
+ * without pushing it, and that push never happens here, so a barrier would wait forever for
+ * it (its objects stay out, like every object another parent thread held). The counters are
+ * made to match the lists: what was processed, plus what is pending. */
+static void recount_after_fork(void)
+{
+	uint64_t n = 0;
+	for (struct sa_sheaf *s = atomic_load(&pending); s; s = s->next)
+		n++;
+	for (struct sa_slab *s = atomic_load(&pending_slabs); s; s = s->next)
+		n++;
+	atomic_store(&submitted, done + n);
+	atomic_store(&pending_n, (unsigned)n);
+}
+
 /* fork: gp_lock before every allocator lock (the thread takes those under it), rcu_lock after
  * them all (a leaf, taken with allocator locks held by sa_rcu_kick). phase: 0 take gp_lock,
  * 1 take rcu_lock, 2 release both (parent), 3 release both (child: no RCU thread there; one
@@ -518,6 +538,7 @@ void sa_rcu_atfork(int phase)
 			 * parent's waiters (the thread, a barrier): start them afresh */
 			atomic_store(&thread_state, 0);
 			atomic_store(&idle, true); /* the next submission starts a thread */
+			recount_after_fork();
 			pthread_cond_init(&rcu_wake, NULL);
 			pthread_cond_init(&rcu_done, NULL);
 		}

@@ -7,6 +7,8 @@
  *                      each child uses sa_free_rcu and sa_rcu_barrier and must finish: a watchdog
  *                      in the parent reports a child that makes no progress for 60 s, and what it
  *                      was doing; the parent keeps working, and its counters settle at the end
+ *   test_fork_mid_submit  a thread held inside sa_rcu_submit (counted, not pushed) while
+ *                      another forks: the child's sa_rcu_barrier returns all the same
  *   test_bounded_time  objects queued with sa_free_rcu, then nothing but statistics: they are
  *                      freed without any barrier or trim (30 s deadline; the design says at most
  *                      two 500 ms ticks plus a grace period): in this process, in a forked child,
@@ -237,6 +239,104 @@ static void test_fork(void **state)
 	sa_cache_destroy(fork_cache);
 }
 
+/* ------------------------------------------------------------------ 3b: fork mid-submit ---- */
+/* A thread stopped inside sa_rcu_submit (its sheaf counted, not yet pushed) when another forks:
+ * that push never happens in the child, whose sa_rcu_barrier must still return (it once waited
+ * forever for the missing sheaf: CI, fallback mode under ASan and TSan). The library's test
+ * hook holds the thread at exactly that point. */
+static __thread int mid_is_victim;
+static atomic_int mid_held, mid_release;
+
+static void mid_hook(void)
+{
+	if (!mid_is_victim || atomic_load(&mid_held))
+		return;
+	atomic_store(&mid_held, 1);
+	while (!atomic_load(&mid_release))
+		sched_yield();
+}
+
+static void *mid_victim(void *arg)
+{
+	struct sa_cache *c = arg;
+	mid_is_victim = 1;
+	/* fill this CPU's rcu sheaf until it is submitted (the hook holds us there once) */
+	for (int i = 0; i < 100000 && !atomic_load(&mid_held); i++) {
+		void *p = sa_cache_alloc(c, 0);
+		if (!p)
+			return (void *)1;
+		sa_free_rcu(p);
+	}
+	return NULL;
+}
+
+static int mid_child(struct sa_cache *c)
+{
+	void *objs[10];
+	for (int i = 0; i < 10; i++)
+		if (!(objs[i] = sa_cache_alloc(c, 0)))
+			return 2;
+	for (int i = 0; i < 10; i++)
+		sa_free_rcu(objs[i]);
+	sa_rcu_barrier(); /* the parent's watchdog kills us if this never returns */
+	struct sa_cache_stats s;
+	sa_cache_stats(c, &s);
+	return s.rcu_freed >= 10 ? 0 : 3;
+}
+
+static void test_fork_mid_submit(void **state)
+{
+	(void)state;
+	struct sa_cache *c = sa_cache_create("rcu-mid", 64, NULL);
+	assert_non_null(c);
+	atomic_store(&mid_held, 0);
+	atomic_store(&mid_release, 0);
+	sa_rcu_submit_test_hook = mid_hook;
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, mid_victim, c), 0);
+	double t0 = rk_now();
+	while (!atomic_load(&mid_held) && rk_now() - t0 < STALL_SEC)
+		sched_yield();
+	int held = atomic_load(&mid_held);
+	int st = 0, hung = 0;
+	if (held) {
+		fflush(stdout);
+		fflush(stderr);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			die_with_parent();
+			_exit(mid_child(c));
+		}
+		double w0 = rk_now();
+		while (waitpid(pid, &st, WNOHANG) != pid) {
+			if (rk_now() - w0 > STALL_SEC) {
+				print_error("fork mid-submit: the child's sa_rcu_barrier did not "
+					    "return in %d s\n",
+					    STALL_SEC);
+				kill(pid, SIGKILL);
+				waitpid(pid, &st, 0);
+				hung = 1;
+				break;
+			}
+			struct timespec ts = {0, 2000000};
+			nanosleep(&ts, NULL);
+		}
+	}
+	atomic_store(&mid_release, 1);
+	void *vr = NULL;
+	pthread_join(t, &vr);
+	sa_rcu_submit_test_hook = NULL;
+	assert_null(vr);
+	assert_true(held); /* the sheaf filled and was submitted: the hook ran */
+	assert_int_equal(hung, 0);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	sa_rcu_barrier(); /* the parent lost nothing: the held sheaf went on */
+	rk_assert_cache_empty(c);
+	sa_cache_destroy(c);
+}
+
 /* ------------------------------------------------------------------ 4: bounded time -------- */
 /* Queue a few objects, then only read statistics: 0 if they were freed within BOUNDED_SEC. */
 static int bounded_body(const char *where)
@@ -324,6 +424,7 @@ int main(int argc, char **argv)
 		self_exe[n] = 0;
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fork),
+		cmocka_unit_test(test_fork_mid_submit),
 		cmocka_unit_test(test_bounded_time),
 	};
 	const char *filter = getenv("RCU_TEST_FILTER"); /* by hand: one test */
