@@ -24,6 +24,8 @@ static uintptr_t _Atomic slots[SA_DEFER_SLOTS];
 _Atomic size_t sa_deferred_n;
 static _Atomic unsigned hint;
 
+void (*sa_defer_test_hook)(void);
+
 static void run_one(uintptr_t e)
 {
 	void *p = (void *)(e & ~(uintptr_t)7);
@@ -57,6 +59,8 @@ void sa_defer(void *p, enum sa_defer_kind kind)
 		    atomic_compare_exchange_strong_explicit(
 			    &slots[i], &expect, e, memory_order_release, memory_order_relaxed)) {
 			atomic_store_explicit(&hint, i + 1, memory_order_relaxed);
+			if (SA_UNLIKELY(sa_defer_test_hook != NULL))
+				sa_defer_test_hook();
 			atomic_fetch_add(&sa_deferred_n, 1);
 			sa_gstat_add(SA_G_DEFERRED, 1);
 			return;
@@ -128,4 +132,42 @@ void sa_deferred_run_try(void)
 size_t sa_deferred_count(void)
 {
 	return atomic_load(&sa_deferred_n) + atomic_load(&sa_deferred_sheaves);
+}
+
+/* In the child, with sa_caches_lock held and no other thread: the counters are updated apart
+ * from the slots and stacks they count (sa_defer fills a slot, then counts it; a run empties
+ * it, then uncounts it; a sheaf is counted, then pushed, and taken, then uncounted), and a
+ * parent thread between the two steps never takes the second one here. A count short of the
+ * slots leaves an entry that sa_deferred_run skips (it looks only when a count is non-zero) and
+ * then, run, underflows the count; a count above them never drops to 0 (deferred_now, and every
+ * slow path walking the slots for nothing). The counts are made to match what is there; the
+ * entries and sheaves a parent thread had taken out are lost to the child, like every object
+ * another parent thread held. */
+void sa_deferred_after_fork(void)
+{
+	size_t n = 0;
+	for (unsigned i = 0; i < SA_DEFER_SLOTS; i++)
+		n += atomic_load_explicit(&slots[i], memory_order_relaxed) != 0;
+	atomic_store(&sa_deferred_n, n);
+	size_t sheaves = 0;
+	for (struct sa_cache *c = sa_caches; c; c = c->next) {
+		uint64_t objs = 0;
+		for (struct sa_sheaf *s = atomic_load(&c->deferred); s; s = s->next, sheaves++)
+			objs += s->size;
+		atomic_store(&c->deferred_objs, objs);
+	}
+	atomic_store(&sa_deferred_sheaves, sheaves);
+}
+
+/* Units of the runs parked as SA_DEFER_UNITS (free and dirty in the counters, not yet in their
+ * segments' bitmaps); for the child's recount of the page layer (no other thread). */
+uint64_t sa_deferred_units_parked(void)
+{
+	uint64_t n = 0;
+	for (unsigned i = 0; i < SA_DEFER_SLOTS; i++) {
+		uintptr_t e = atomic_load_explicit(&slots[i], memory_order_relaxed);
+		if (e && (enum sa_defer_kind)(e & 7) == SA_DEFER_UNITS)
+			n += ((struct sa_slab *)(e & ~(uintptr_t)7))->nunits;
+	}
+	return n;
 }

@@ -134,9 +134,11 @@ static bool release_locks(bool child)
 	if (__atomic_sub_fetch(&fork_depth, 1, __ATOMIC_RELAXED) > 0 || !fork_locked)
 		return false;
 	fork_locked = false;
+	if (child) /* before sa_caches_lock goes: it walks the caches */
+		sa_deferred_after_fork();
 	sa_rcu_atfork(child ? 3 : 2);
 	sa_meta_atfork(1);
-	sa_segment_atfork(1);
+	sa_segment_atfork(child ? 2 : 1);
 	sa_malloc_atfork(1);
 	for (struct sa_cache *c = sa_caches; c; c = c->next) {
 		for (int i = sa_nr_nodes - 1; i >= 0; i--) {
@@ -150,7 +152,7 @@ static bool release_locks(bool child)
 		pthread_mutex_unlock(&c->drain_lock);
 	pthread_mutex_unlock(&sa_caches_lock);
 	sa_cache_pinned_atfork(1);
-	sa_reclaim_atfork(1);
+	sa_reclaim_atfork(child ? 2 : 1);
 	return true;
 }
 

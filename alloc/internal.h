@@ -501,7 +501,9 @@ char *sa_map_aligned(size_t len, size_t align, int prot);
 uint64_t sa_segment_bind_failures(void);
 size_t sa_segment_mapped_bytes(void);
 size_t sa_segment_resident_bytes(void);
-void sa_segment_atfork(int phase);
+void sa_segment_atfork(int phase); /* 0 lock, 1 unlock (parent), 2 unlock (child) */
+/* tests only: called inside release_run between giving a run back and counting it (NULL: none) */
+extern void (*sa_segment_release_test_hook)(void);
 size_t sa_segment_unmap_free(void); /* unmap wholly free segments; bytes */
 
 /* reclaim and the memory limit (alloc/reclaim.c) */
@@ -518,7 +520,7 @@ void sa_held_sub(size_t bytes);
 /* SA_NOFAIL found no memory: wait for some (reclaim, pause, a message now and then), or abort
  * with a report when the flags forbid waiting. round counts the calls for one allocation. */
 void sa_nofail_wait(sa_flags_t flags, const char *what, size_t size, unsigned *round);
-void sa_reclaim_atfork(int phase);
+void sa_reclaim_atfork(int phase); /* 0 lock, 1 unlock (parent), 2 unlock (child) */
 void sa_malloc_huge_cache_drop(void);
 const char *sa_flags_name(sa_flags_t f, char *buf, size_t len);
 unsigned sa_scope_save_internal(sa_flags_t flags);
@@ -548,6 +550,10 @@ void sa_defer(void *p, enum sa_defer_kind kind);
 void sa_deferred_run(void);
 void sa_deferred_run_try(void); /* the end of a NOWAIT scope: locks only tried */
 size_t sa_deferred_count(void);
+void sa_deferred_after_fork(void);	 /* the child: counts made to match the slots and stacks */
+uint64_t sa_deferred_units_parked(void); /* units of SA_DEFER_UNITS entries (the child) */
+/* tests only: called inside sa_defer between filling a slot and counting it (NULL: none) */
+extern void (*sa_defer_test_hook)(void);
 extern _Atomic size_t sa_deferred_sheaves; /* sheaves waiting on caches' deferred stacks */
 static inline bool sa_deferred_pending_racy(void)
 {

@@ -395,15 +395,38 @@ SA_API void sa_trim(void)
 	sa_in_reclaim = 0;
 }
 
+/* In the child, with shrinker_lock held and no other thread: a parent thread whose round was
+ * calling the shrinkers at the fork (shrinker_lock is not held across the calls) left its holds
+ * in `active`, and that round never ends here, so sa_shrinker_unregister would wait forever for
+ * active to drop to 0. The holds are made what the rounds running here hold: this thread's own,
+ * when it forked from inside a shrinker (my_round), none otherwise. A node another parent thread
+ * had unregistered (off the list, freed by that thread or its round) stays allocated: like the
+ * objects a parent thread held, it is lost to the child. shrinker_idle may count a parent
+ * thread waiting in sa_shrinker_unregister, a waiter that never wakes here; glibc's condition
+ * variable then blocks a later broadcast or wait: it starts afresh. */
+static void shrinkers_after_fork(void)
+{
+	for (struct shrinker_node *p = shrinkers; p; p = p->next)
+		p->active = 0;
+	for (unsigned i = 0; i < my_round_n; i++)
+		my_round[i]->active = 0;
+	for (unsigned i = 0; i < my_round_n; i++)
+		my_round[i]->active++;
+	pthread_cond_init(&shrinker_idle, NULL);
+}
+
+/* phase: 0 take the locks (prepare), 1 release them (parent), 2 release them (child) */
 void sa_reclaim_atfork(int phase)
 {
 	if (phase == 0) {
 		pthread_mutex_lock(&reclaim_lock);
 		pthread_mutex_lock(&shrinker_lock);
-	} else {
-		pthread_mutex_unlock(&shrinker_lock);
-		pthread_mutex_unlock(&reclaim_lock);
+		return;
 	}
+	if (phase == 2)
+		shrinkers_after_fork();
+	pthread_mutex_unlock(&shrinker_lock);
+	pthread_mutex_unlock(&reclaim_lock);
 }
 
 size_t sa_limit_get(void)

@@ -585,6 +585,8 @@ uint64_t sa_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+void (*sa_segment_release_test_hook)(void);
+
 /* A run whose records are cleared goes back: to the reserve, this CPU's stash, or its
  * segment's bitmap (dirty). In a context that may not wait (the scope says NOWAIT) the page
  * lock is only tried and a busy one defers the run (alloc/defer.c); no purge runs then. */
@@ -603,6 +605,8 @@ static void release_run(struct sa_slab *head, unsigned units)
 		sa_defer(head, SA_DEFER_RUN);
 		return;
 	}
+	if (SA_UNLIKELY(sa_segment_release_test_hook != NULL))
+		sa_segment_release_test_hook();
 	atomic_fetch_sub(&units_used, units);
 	atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE);
 	if (!nowait)
@@ -1013,8 +1017,47 @@ void sa_reserve_counts(size_t *bytes, size_t *free_bytes)
 	*free_bytes = (size_t)__builtin_popcountll(atomic_load(&reserve_free)) * SA_UNIT_SIZE;
 }
 
+/* In the child, with every page and stash lock held, purge_busy held (no purge or unmapping in
+ * flight) and no other thread: units_used and dirty_bytes are updated apart from the bitmaps
+ * and stashes they count (release_run gives a run back, then counts it free and dirty;
+ * stash_take and a shrinking realloc likewise), and a parent thread between the two steps never
+ * takes the second one here. Short of what is free and dirty, dirty_bytes underflows when those
+ * units are taken or purged (a purge round at every unit allocation and free from then on, and
+ * malloc statistics off by 2^64); units_used stays off for good. Both are made to match what is
+ * there: dirty = the dirty free units of the segments plus the stashed runs (and the stash
+ * evictions parked in the deferred list); used = the units of the segments neither free nor
+ * stashed nor parked, plus the reserve's units taken. A run a parent
+ * thread was moving counts as used: like every block another parent thread held, it is lost
+ * to the child. */
+static void recount_after_fork(void)
+{
+	uint64_t used = 0, dirty = 0;
+	for (int i = 0; i < SA_MAX_NODES; i++)
+		for (struct sa_segment *seg = pages[i].segs; seg; seg = seg->next) {
+			used += SA_UNITS_PER_SEG - 1 - seg->nfree;
+			dirty += (uint64_t)__builtin_popcountll(seg->dirty_units);
+		}
+	for (unsigned c = 0; c < SA_STASH_CPUS; c++) {
+		used -= stashes[c].units;
+		dirty += stashes[c].units;
+	}
+	/* runs a NOWAIT eviction parked in the deferred list (SA_DEFER_UNITS) count as free and
+	 * dirty already, as in the stash they left */
+	uint64_t parked = sa_deferred_units_parked();
+	used -= parked;
+	dirty += parked;
+	if (atomic_load(&reserve_seg))
+		used += (uint64_t)__builtin_popcountll(unit_mask(1, reserve_nunits) &
+						       ~atomic_load(&reserve_free));
+	atomic_store(&units_used, used);
+	atomic_store(&dirty_bytes, dirty * SA_UNIT_SIZE);
+}
+
+/* phase: 0 take purge_busy and the locks (prepare), 1 release them (parent), 2 (child) */
 void sa_segment_atfork(int phase)
 {
+	if (phase == 2)
+		recount_after_fork();
 	if (phase == 0)
 		pthread_mutex_lock(&reserve_lock);
 	if (phase == 0) /* a round in progress finishes its few calls first */

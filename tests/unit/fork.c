@@ -15,6 +15,13 @@
  *   test_fork_while_draining      a thread in sa_pcs_drain holds drain_lock and then wants a slot
  *                                 lock (fallback mode): fork must not deadlock against it
  *   test_fork_child_allocates     plain fork: the child allocates, frees, creates caches
+ *   test_fork_mid_run_release     a thread held in release_run between giving a run back and
+ *                                 counting it (sa_segment_release_test_hook): the child's units
+ *                                 in use and dirty bytes match its segments and stashes
+ *   test_fork_mid_defer           a thread held in sa_defer between its slot and its count
+ *                                 (sa_defer_test_hook), and a sheaf counted for a deferred stack
+ *                                 but not pushed (simulated: the counters raised): the child's
+ *                                 counts match its slots and stacks, and its deferred free runs
  */
 #include "sa_test.h"
 
@@ -269,6 +276,189 @@ static void test_fork_child_allocates(void **state)
 	sa_cache_destroy(c);
 }
 
+/* ------------------------------------------------------------------ mid-update forks ------ */
+/*
+ * A thread stopped between two steps of an update that no lock of the fork handlers covers
+ * (a test hook of the library), the main thread forks meanwhile: in the child that thread does
+ * not exist, its second step never happens, and the child's counters must still match what is
+ * there.
+ */
+static atomic_int mid_held, mid_release;
+static __thread int mid_armed; /* only the victim thread stops in the hook */
+
+static void mid_hook(void)
+{
+	if (!mid_armed)
+		return;
+	mid_armed = 0;
+	atomic_store(&mid_held, 1);
+	while (!atomic_load(&mid_release)) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* Run victim(arg) on a thread until it is held in the hook, fork, run child(arg) in the child
+ * (its exit status: 0 good), release the victim. */
+static void fork_mid(void *(*victim)(void *), int (*child)(void *), void *arg,
+		     void (*before_fork)(void *), void (*after_fork)(void *))
+{
+	atomic_store(&mid_held, 0);
+	atomic_store(&mid_release, 0);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, victim, arg), 0);
+	for (int i = 0; i < CHILD_SECONDS * 1000 && !atomic_load(&mid_held); i++) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	int held = atomic_load(&mid_held), st = 0;
+	if (held) {
+		if (before_fork)
+			before_fork(arg);
+		fflush(stdout);
+		fflush(stderr);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			alarm(CHILD_SECONDS);
+			_exit(child(arg));
+		}
+		if (after_fork)
+			after_fork(arg);
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+	}
+	atomic_store(&mid_release, 1);
+	pthread_join(t, NULL);
+	assert_true(held); /* the victim reached the hook */
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		print_error("child failed: %s %d (mode %s)\n", WIFEXITED(st) ? "status" : "signal",
+			    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), sa_percpu_mode());
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* release_run: a 256 KiB block's run (4 units: it goes to the CPU's stash) is given back, its
+ * counters (units_used down, dirty_bytes up) not yet updated when the fork comes. */
+#define MID_BLOCK (256u << 10)
+static size_t mid_used0;
+
+static void *run_victim(void *arg)
+{
+	(void)arg;
+	void *p = sa_malloc(MID_BLOCK);
+	assert_non_null(p);
+	memset(p, 1, MID_BLOCK);
+	mid_armed = 1;
+	sa_free(p); /* held in release_run, the run free but still counted in use */
+	return NULL;
+}
+
+static int run_child(void *arg)
+{
+	(void)arg;
+	size_t used = sa_segment_used_bytes();
+	if (used != mid_used0) {
+		fprintf(stderr,
+			"child: units in use %zu bytes, %zu before the block (the freed run "
+			"still counted)\n",
+			used, mid_used0);
+		return 2;
+	}
+	sa_trim(); /* every dirty unit purged: none left to count */
+	size_t dirty = sa_segment_dirty_bytes();
+	if (dirty != 0) {
+		fprintf(stderr, "child: %zu dirty bytes after sa_trim\n", dirty);
+		return 3;
+	}
+	void *q = sa_malloc(MID_BLOCK); /* the page layer still works */
+	if (!q)
+		return 4;
+	memset(q, 2, MID_BLOCK);
+	sa_free(q);
+	return 0;
+}
+
+static void test_fork_mid_run_release(void **state)
+{
+	(void)state;
+	sa_trim();
+	mid_used0 = sa_segment_used_bytes();
+	sa_segment_release_test_hook = mid_hook;
+	fork_mid(run_victim, run_child, NULL, NULL, NULL);
+	sa_segment_release_test_hook = NULL;
+	assert_int_equal(sa_segment_used_bytes(), mid_used0); /* the parent's went on */
+}
+
+/* sa_defer: an entry is in its slot, not yet counted, when the fork comes; and (simulated: the
+ * counters raised with nothing pushed) a sheaf counted for a cache's deferred stack, not yet
+ * pushed (sa_sheaf_dispose_flags). */
+#define MID_SHEAF_OBJS 7
+static void *defer_victim(void *arg)
+{
+	mid_armed = 1;
+	sa_defer(arg, SA_DEFER_FREE); /* held between the slot and sa_deferred_n */
+	return NULL;
+}
+
+static struct sa_cache *mid_cache;
+
+static void sheaf_counted_not_pushed(void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&mid_cache->deferred_objs, MID_SHEAF_OBJS);
+	atomic_fetch_add(&sa_deferred_sheaves, 1);
+}
+
+static void sheaf_counted_undo(void *arg)
+{
+	(void)arg;
+	atomic_fetch_sub(&sa_deferred_sheaves, 1);
+	atomic_fetch_sub(&mid_cache->deferred_objs, MID_SHEAF_OBJS);
+}
+
+extern _Atomic size_t sa_deferred_n; /* alloc/defer.c */
+
+static int defer_child(void *obj)
+{
+	size_t n = atomic_load(&sa_deferred_n), sh = atomic_load(&sa_deferred_sheaves);
+	uint64_t objs = atomic_load(&mid_cache->deferred_objs);
+	if (n != 1 || sh != 0 || objs != 0) {
+		fprintf(stderr,
+			"child: %zu deferred frees counted (1 in a slot), %zu sheaves and "
+			"%llu objects (none pushed)\n",
+			n, sh, (unsigned long long)objs);
+		return 2;
+	}
+	sa_deferred_run();
+	if (sa_deferred_count() != 0) {
+		fprintf(stderr, "child: deferred_now %zu after sa_deferred_run\n",
+			sa_deferred_count());
+		return 3;
+	}
+	if (!sa_pcs_holds_racy(mid_cache, obj) && !sa_slab_holds(mid_cache, obj)) {
+		fprintf(stderr, "child: the deferred free did not run\n");
+		return 4;
+	}
+	return 0;
+}
+
+static void test_fork_mid_defer(void **state)
+{
+	(void)state;
+	mid_cache = sa_cache_create("fork-defer", 64, NULL);
+	assert_non_null(mid_cache);
+	void *obj = sa_cache_alloc(mid_cache, 0);
+	assert_non_null(obj);
+	sa_deferred_run();
+	assert_int_equal(sa_deferred_count(), 0);
+	sa_defer_test_hook = mid_hook;
+	fork_mid(defer_victim, defer_child, obj, sheaf_counted_not_pushed, sheaf_counted_undo);
+	sa_defer_test_hook = NULL;
+	sa_deferred_run(); /* the parent's entry, counted once the victim went on */
+	assert_int_equal(sa_deferred_count(), 0);
+	sa_cache_destroy(mid_cache);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -276,6 +466,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fork_while_node_locked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fork_while_slot_locked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fork_while_draining, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fork_mid_run_release, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fork_mid_defer, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("fork", tests, NULL, NULL);
 }

@@ -31,6 +31,12 @@
  *                                inside the shrinker's scan waits for it, and the registry's node
  *                                is freed once (white box: two metadata allocations differ) and
  *                                the shrinker can be registered again
+ *   test_shrink_fork_mid_scan    fork while another thread's round is inside a shrinker's scan
+ *                                and a third thread waits in sa_shrinker_unregister for it: in
+ *                                the child, unregistering a shrinker that round held returns,
+ *                                and two unregisters that wait for a round of the child's own
+ *                                return too (neither the parent's hold nor its waiter on the
+ *                                condition variable survive the fork)
  *   test_shrink_register_stress  threads allocate at the limit while another thread registers and
  *                                unregisters shrinkers: no call after sa_shrinker_unregister
  *                                returned
@@ -961,6 +967,133 @@ static void test_shrink_unregister_waits(void **state)
 	expect_ok("shrink_unregister_waits", NULL);
 }
 
+/* --- fork while another thread's round is inside a shrinker's scan --- */
+#define FORK_CHILD_S \
+	60 /* a grandchild still running by then waits for something that never comes */
+static atomic_int gate_open;
+static struct sa_cache *round_cache; /* 64-byte objects: allocated until a round ran */
+
+/* held in its scan until gate_open: the round stays open across the fork */
+static size_t gate_scan(void *arg, size_t nr)
+{
+	atomic_store(&in_scan, 1);
+	double guard = now_s() + GUARD_S / 2;
+	while (!atomic_load(&gate_open) && now_s() < guard)
+		usleep(1000);
+	return tshrink_scan(arg, nr);
+}
+
+/* Allocates from round_cache until slow_t's scan was called (a reclaim round ran it). */
+static void *round_allocator(void *arg)
+{
+	void **p = arg;
+	size_t n = 0;
+	while (n < MAXP && !atomic_load(&slow_t->scan_calls) &&
+	       (p[n] = sa_cache_alloc(round_cache, SA_NOWARN)) != NULL)
+		n++;
+	return NULL;
+}
+
+static void *unregister_main(void *arg)
+{
+	struct tshrink *t = arg;
+	unregistering_tid = (pid_t)syscall(SYS_gettid);
+	sa_shrinker_unregister(&t->s);
+	return NULL;
+}
+
+/* One sa_shrinker_unregister that waits for another thread's round inside the scan (as in
+ * shrink_unregister_waits): a wait on shrinker_idle and the round's broadcast. */
+static void unregister_during_round(const char *name, void **p)
+{
+	atomic_store(&in_scan, 0);
+	slow_t = tshrink_new(name, 0);
+	slow_t->s.scan = slow_scan;
+	limit_above(MiB(8));
+	tshrink_fill(slow_t, MiB(6));
+	CHK(sa_shrinker_register(&slow_t->s) == 0, "register %s", name);
+	unregistering_tid = (pid_t)syscall(SYS_gettid);
+	pthread_t t;
+	CHK(pthread_create(&t, NULL, round_allocator, p) == 0, "pthread_create");
+	while (!atomic_load(&in_scan))
+		sched_yield();
+	sa_shrinker_unregister(&slow_t->s);
+	pthread_join(t, NULL);
+}
+
+static void shrink_fork_mid_scan_child(void)
+{
+	round_cache = sa_cache_create("shr-round-64", 64, NULL);
+	CHK(round_cache, "sa_cache_create");
+	struct tshrink *gate = tshrink_new("shr-gate", 0);
+	gate->s.scan = gate_scan;
+	struct tshrink *other = tshrink_new("shr-other", 0);
+	void **p = ptr_array(MAXP);
+	limit_above(MiB(8));
+	tshrink_fill(gate, MiB(6));
+	/* the registry is newest first: other's count and scan come after gate's, but the
+	 * round's snapshot holds both from its start */
+	CHK(sa_shrinker_register(&other->s) == 0, "register other");
+	CHK(sa_shrinker_register(&gate->s) == 0, "register gate");
+	slow_t = gate;
+	pthread_t a, b;
+	CHK(pthread_create(&a, NULL, round_allocator, p) == 0, "pthread_create");
+	STEP("wait for the round to be inside gate's scan");
+	while (!atomic_load(&in_scan))
+		sched_yield();
+	/* and a thread waiting in sa_shrinker_unregister(gate) for that round: a waiter on
+	 * shrinker_idle that does not exist in the child */
+	unregistering_tid = 0;
+	CHK(pthread_create(&b, NULL, unregister_main, gate) == 0, "pthread_create");
+	double guard = now_s() + GUARD_S / 4;
+	while ((!unregistering_tid || !blocked_in_futex(unregistering_tid)) && now_s() < guard)
+		sched_yield();
+	CHK(blocked_in_futex(unregistering_tid), "sa_shrinker_unregister did not wait");
+	STEP("fork while another thread's round is inside a scan");
+	fflush(stdout);
+	fflush(stderr);
+	pid_t pid = fork();
+	CHK(pid >= 0, "fork");
+	if (pid == 0) {
+		alarm(FORK_CHILD_S);
+		child_step = "grandchild: unregister a shrinker the parent's round held";
+		sa_shrinker_unregister(&other->s);
+		/* two waits for a round of this process, each ended by the round's broadcast
+		 * (glibc: the second hangs while the condition variable counts the parent's
+		 * waiter) */
+		child_step = "grandchild: unregister during a round, twice";
+		void **q = ptr_array(MAXP);
+		unregister_during_round("shr-child-1", q);
+		unregister_during_round("shr-child-2", q + MAXP / 2);
+		_exit(0);
+	}
+	int st = 0;
+	pid_t r;
+	double deadline = now_s() + FORK_CHILD_S + 30;
+	while ((r = waitpid(pid, &st, WNOHANG)) == 0 && now_s() < deadline)
+		usleep(10000);
+	if (r == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+	}
+	atomic_store(&gate_open, 1);
+	pthread_join(a, NULL);
+	pthread_join(b, NULL);
+	CHK(r == pid && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM),
+	    "the child hung for %d s in sa_shrinker_unregister: waiting for a shrinker round of a "
+	    "thread that does not exist in it (or on a condition variable that counts one)",
+	    FORK_CHILD_S);
+	CHK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child failed: %s %d",
+	    WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+	_exit(0);
+}
+
+static void test_shrink_fork_mid_scan(void **state)
+{
+	(void)state;
+	expect_ok("shrink_fork_mid_scan", NULL);
+}
+
 static size_t dummy_count(void *arg)
 {
 	(void)arg;
@@ -1312,6 +1445,7 @@ static const struct {
 	{"shrink_self_unregister", shrink_self_unregister_child},
 	{"shrink_stress", shrink_stress_child},
 	{"shrink_unregister_waits", shrink_unregister_waits_child},
+	{"shrink_fork_mid_scan", shrink_fork_mid_scan_child},
 	{"nofail_wait", nofail_wait_child},
 	{"nofail_wait_malloc", nofail_wait_malloc_child},
 	{"nofail_abort", nofail_abort_child},
@@ -1390,6 +1524,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_shrink_no_recursion),
 		cmocka_unit_test(test_shrink_self_unregister),
 		cmocka_unit_test(test_shrink_unregister_waits),
+		cmocka_unit_test(test_shrink_fork_mid_scan),
 		cmocka_unit_test(test_shrink_register_stress),
 		cmocka_unit_test(test_shrink_register_args),
 		cmocka_unit_test(test_nofail_waits),
