@@ -884,7 +884,7 @@ static void test_shrink_register_stress(void **state)
 
 /* --- unregister waiting for another thread's round --- */
 static atomic_int in_scan;
-static pid_t unregistering_tid;
+static _Atomic pid_t unregistering_tid; /* written by the thread that unregisters */
 static struct tshrink *slow_t;
 
 /* Is thread tid blocked in futex (a lock or condition wait)? /proc/self/task/T/syscall */
@@ -1091,6 +1091,11 @@ static void shrink_fork_mid_scan_child(void)
 static void test_shrink_fork_mid_scan(void **state)
 {
 	(void)state;
+#if defined(__SANITIZE_THREAD__)
+	/* the child creates threads after a multi-threaded fork: TSan's runtime refuses that, and
+	 * with die_after_fork=0 it dies of a thread id the parent's threads left in its tables */
+	skip();
+#endif
 	expect_ok("shrink_fork_mid_scan", NULL);
 }
 
