@@ -227,6 +227,7 @@ struct sa_barn {
 	struct sa_sheaf *empty; /* barn->lock; sheaves with size == 0 */
 	unsigned nr_full;	/* barn->lock; read racy for limit pre-checks */
 	unsigned nr_empty;	/* barn->lock; read racy */
+	unsigned low_full;	/* barn->lock: fewest full sheaves since the last decay pass */
 };
 
 /* ---------------------------------------------------------------- slabs (alloc/slab.c) ------ */
@@ -287,6 +288,7 @@ struct sa_cache_node {
 	struct sa_slab *partial_tail;	 /* lock */
 	uint32_t nr_partial;		 /* lock */
 	uint32_t nr_empty;		 /* lock: partial slabs with inuse == 0 */
+	uint32_t low_empty;		 /* lock: fewest empty slabs since the last decay pass */
 	uint64_t nr_slabs;		 /* lock */
 	uint64_t units;			 /* lock: units held by this cache on this node */
 	uint64_t objs_out;		 /* lock: objects out of slabs (in use or in sheaves) */
@@ -328,6 +330,7 @@ struct sa_cache {
 	char name[64];
 	_Atomic uint64_t stat[SA_NR_STATS] __attribute__((aligned(SA_CACHELINE)));
 	_Atomic uint64_t bind_failures;
+	uint64_t decay_ops; /* alloc/decay.c (its pass only): the ops signature at the last pass */
 };
 
 #define SA_CACHE_SLOTS(c) ((struct sa_pcs_slot *)((struct sa_cache *)(c) + 1))
@@ -395,6 +398,7 @@ struct sa_options {
 	int scope_check_abort;
 	int bad_free_abort; /* bad_free=abort: a bad free is reported, then the process aborts */
 	unsigned purge_ms;
+	unsigned decay_ms; /* alloc/decay.c: interval of the decay passes; 0: none */
 	int verbose;
 	int topology_hwloc; /* topology=hwloc: load hwloc even on one node */
 };
@@ -496,6 +500,10 @@ uint64_t sa_now_ns(void);	    /* CLOCK_MONOTONIC_COARSE, ns (purge and huge-cach
 size_t sa_segment_purge(int force); /* madvise dirty units: force, all now; else a few more */
 size_t sa_segment_purge_upto(size_t need); /* at once, until need bytes went */
 size_t sa_segment_dirty_bytes(void);
+bool sa_segment_purge_tick(void); /* a purge round's next steps if due; true: unfinished */
+/* decay (alloc/decay.c): what the program stopped using goes back, a pass every decay_ms */
+extern _Atomic uint64_t sa_decay_next;
+void sa_decay_run(sa_flags_t flags);
 void sa_segmap_set(const void *seg, int on);
 char *sa_map_aligned(size_t len, size_t align, int prot);
 uint64_t sa_segment_bind_failures(void);
@@ -522,6 +530,7 @@ void sa_held_sub(size_t bytes);
 void sa_nofail_wait(sa_flags_t flags, const char *what, size_t size, unsigned *round);
 void sa_reclaim_atfork(int phase); /* 0 lock, 1 unlock (parent), 2 unlock (child) */
 void sa_malloc_huge_cache_drop(void);
+void sa_malloc_huge_cache_age(void); /* unmap those older than purge_ms (decay) */
 const char *sa_flags_name(sa_flags_t f, char *buf, size_t len);
 unsigned sa_scope_save_internal(sa_flags_t flags);
 void sa_scope_restore_internal(unsigned cookie);
@@ -572,7 +581,8 @@ unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned 
 unsigned sa_slab_free_batch_try(struct sa_cache *c, int node, void **objs, unsigned n);
 bool sa_slab_free_one(struct sa_cache *c, void *obj); /* false: deferred (NOWAIT, lock busy) */
 void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
-void sa_slab_release_deferred(struct sa_slab *head);			     /* SA_DEFER_SLAB */
+void sa_slab_decay(struct sa_cache *c, int node, bool all); /* unused empty slabs (decay) */
+void sa_slab_release_deferred(struct sa_slab *head);	    /* SA_DEFER_SLAB */
 void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s);	     /* release it now */
 bool sa_slab_obj_ok(struct sa_cache *c, struct sa_slab *s, const void *obj); /* a boundary? */
 bool sa_pin_range(void *p, size_t len,
@@ -586,8 +596,9 @@ struct sa_sheaf *sa_barn_get_full(struct sa_barn *b, sa_flags_t flags);
 struct sa_sheaf *sa_barn_get_empty(struct sa_barn *b, sa_flags_t flags);
 void sa_barn_put_full(struct sa_barn *b, struct sa_sheaf *s);
 void sa_barn_put_empty(struct sa_barn *b, struct sa_sheaf *s);
-bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s); /* by its size; false if busy */
-struct sa_sheaf *sa_barn_take_all(struct sa_barn *b);		 /* both lists, chained by next */
+bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s);   /* by its size; false if busy */
+struct sa_sheaf *sa_barn_take_all(struct sa_barn *b);		   /* both lists, chained by next */
+struct sa_sheaf *sa_barn_take_unused(struct sa_barn *b, bool all); /* decay: full sheaves */
 static inline unsigned sa_barn_nr_full_racy(const struct sa_barn *b)
 {
 	return __atomic_load_n(&b->nr_full, __ATOMIC_RELAXED);
@@ -618,6 +629,7 @@ int sa_pcs_current_cpu(void);
 void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why);
 void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int why);
 void sa_pcs_drain(struct sa_cache *c);
+bool sa_pcs_drain_try(struct sa_cache *c); /* sa_pcs_drain unless another drain runs: false */
 void sa_pcs_atfork(struct sa_cache *c, int phase); /* fallback mode: every slot lock */
 int sa_pcs_current_node(struct sa_cache *c);
 int sa_rseq_thread_ready(void);

@@ -423,6 +423,19 @@ void sa_malloc_huge_cache_drop(void)
 	huge_unmap_list(out, n);
 }
 
+/* Unmap the cached huge mappings older than purge_ms (a decay pass: a program that stopped
+ * making huge blocks would otherwise keep them until its next one). */
+void sa_malloc_huge_cache_age(void)
+{
+	if (!atomic_load_explicit(&huge_cached_bytes, memory_order_relaxed))
+		return;
+	struct huge_cached out[HUGE_CACHE_SLOTS];
+	pthread_mutex_lock(&huge_cache_lock);
+	unsigned n = huge_cache_expire_locked(out, 0);
+	pthread_mutex_unlock(&huge_cache_lock);
+	huge_unmap_list(out, n);
+}
+
 /* A cached mapping of at least len bytes (and at most twice that), trimmed to len, or NULL. */
 static struct sa_segment *huge_cache_take(size_t len)
 {

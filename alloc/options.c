@@ -26,6 +26,7 @@ struct sa_options sa_opt = {
 	.scope_check_abort = 0,
 	.bad_free_abort = 1,
 	.purge_ms = 1000,
+	.decay_ms = 250,
 	.verbose = 0,
 };
 
@@ -83,6 +84,9 @@ static const struct opt_desc table[] = {
 	 "what a bad free (double free, foreign or interior pointer) does after its report"},
 	{"purge_ms", OPT_UINT, &sa_opt.purge_ms, 0, 3600000, NULL,
 	 "delay before free pages are returned to the OS"},
+	{"decay_ms", OPT_UINT, &sa_opt.decay_ms, 0, 3600000, NULL,
+	 "interval after which cached free objects and empty slabs the program did not use go "
+	 "back (0: never)"},
 	{"topology", OPT_ENUM, &sa_opt.topology_hwloc, 0, 1, "auto|hwloc",
 	 "auto: load hwloc only on multi-node machines or when HWLOC_* gives a topology"},
 	{"verbose", OPT_BOOL, &sa_opt.verbose, 0, 1, NULL, "print the effective settings at start"},

@@ -437,12 +437,16 @@ static bool stash_release_range(struct sa_segment *seg, unsigned at, unsigned n)
 	return nout > 0;
 }
 
-/* A unit allocation or free: time for (more of) a purge round? (see sa_segment_purge) */
-static void purge_tick(void)
+/* A unit allocation or free, or a decay pass: time for (more of) a purge round? (see
+ * sa_segment_purge) True if a round is under way and not finished. */
+bool sa_segment_purge_tick(void)
 {
 	if (atomic_load_explicit(&dirty_bytes, memory_order_relaxed) > SA_DIRTY_MAX ||
-	    sa_now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull)
+	    sa_now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull) {
 		sa_segment_purge(0);
+		return atomic_load(&last_purge_ns) == 0;
+	}
+	return false;
 }
 
 /* Units [head, head + n) were just taken (their owner is the caller): clear their guard bits and
@@ -533,7 +537,7 @@ again:
 	}
 	pthread_mutex_unlock(&pg->lock);
 	if (!nowait)
-		purge_tick();
+		sa_segment_purge_tick();
 	if (s)
 		goto found;
 	if (refused)
@@ -610,7 +614,7 @@ static void release_run(struct sa_slab *head, unsigned units)
 	atomic_fetch_sub(&units_used, units);
 	atomic_fetch_add(&dirty_bytes, (uint64_t)units * SA_UNIT_SIZE);
 	if (!nowait)
-		purge_tick();
+		sa_segment_purge_tick();
 }
 
 static void clear_records(struct sa_slab *head, unsigned units)

@@ -287,8 +287,11 @@ static unsigned take_locked(struct sa_cache *c, struct sa_cache_node *n, struct 
 			    void **dst, unsigned want)
 {
 	unsigned got = 0;
-	if (s->inuse == 0 && want)
+	if (s->inuse == 0 && want) {
 		n->nr_empty--;
+		if (n->nr_empty < n->low_empty)
+			n->low_empty = n->nr_empty;
+	}
 	char *base = sa_slab_base(s);
 	size_t stride = c->stride;
 	uint32_t words = (s->nobjs + 63) / 64, w = s->hint;
@@ -602,6 +605,32 @@ void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
 		}
 		s = next;
 	}
+	pthread_mutex_unlock(&n->lock);
+	release_list(c, rel);
+}
+
+/* Decay (alloc/decay.c): release the empty slabs no allocation took since the last pass (the
+ * node's low watermark of them; all: every empty slab); the watermark starts afresh. */
+void sa_slab_decay(struct sa_cache *c, int node, bool all)
+{
+	struct sa_cache_node *n = c->nodes[node];
+	struct sa_slab *rel = NULL;
+	node_lock(n, 0);
+	unsigned go = all ? n->nr_empty : n->low_empty < n->nr_empty ? n->low_empty : n->nr_empty;
+	for (struct sa_slab *s = n->partial; s && go;) {
+		struct sa_slab *next = s->next;
+		if (s->inuse == 0) {
+			partial_del_locked(n, s);
+			n->nr_empty--;
+			n->nr_slabs--;
+			n->units -= s->nunits;
+			s->next = rel;
+			rel = s;
+			go--;
+		}
+		s = next;
+	}
+	n->low_empty = n->nr_empty;
 	pthread_mutex_unlock(&n->lock);
 	release_list(c, rel);
 }

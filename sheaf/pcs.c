@@ -419,6 +419,15 @@ static int drain_main(struct sa_cache *c, sa_flags_t flags)
 	return install_main(c, s, DIR_FREE, flags);
 }
 
+/* One slow path in 32 of a thread looks at the decay clock (alloc/decay.c): a counter here,
+ * the clock there. */
+static __thread unsigned decay_count __attribute__((tls_model("initial-exec")));
+static inline void decay_tick(sa_flags_t flags)
+{
+	if (SA_UNLIKELY(++decay_count % 32 == 0))
+		sa_decay_run(flags);
+}
+
 SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why)
 {
 	void *obj = NULL;
@@ -428,6 +437,7 @@ SA_NOINLINE void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int wh
 	flags = sa_flags_effective(flags);
 	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
 		sa_deferred_run();
+	decay_tick(flags);
 	if (SA_UNLIKELY(c->debug)) /* a debugged cache: every object through its slab */
 		goto direct;
 	for (int tries = 0; tries < 16; tries++) {
@@ -469,6 +479,7 @@ SA_NOINLINE void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int w
 	sa_flags_t flags = sa_flags_effective(0);
 	if (SA_UNLIKELY(sa_deferred_pending_racy()) && sa_may_block(flags))
 		sa_deferred_run();
+	decay_tick(flags);
 	if (SA_UNLIKELY(c->debug)) /* a debugged cache: every object through its slab */
 		goto direct;
 	for (int tries = 0; tries < 16; tries++) {
@@ -657,9 +668,26 @@ int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s)
  * slots are ours; fallback: each slot's lock in turn. Sheaves are flushed and freed (the kernel's
  * flush_all skips the barn too).
  */
+static void drain_locked(struct sa_cache *c);
+
 void sa_pcs_drain(struct sa_cache *c)
 {
 	pthread_mutex_lock(&c->drain_lock);
+	drain_locked(c);
+	pthread_mutex_unlock(&c->drain_lock);
+}
+
+bool sa_pcs_drain_try(struct sa_cache *c)
+{
+	if (pthread_mutex_trylock(&c->drain_lock))
+		return false;
+	drain_locked(c);
+	pthread_mutex_unlock(&c->drain_lock);
+	return true;
+}
+
+static void drain_locked(struct sa_cache *c)
+{
 	bool rseq = sa_pcs_mode != SA_PCS_FALLBACK;
 	if (rseq) {
 		for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
@@ -702,7 +730,6 @@ void sa_pcs_drain(struct sa_cache *c)
 		for (int cpu = 0; cpu < sa_nr_cpus; cpu++)
 			__atomic_store_n(&c->slots[cpu].stopped, 0, __ATOMIC_RELEASE);
 	}
-	pthread_mutex_unlock(&c->drain_lock);
 }
 
 /* fork: in fallback mode a slot lock held by another thread would stay held in the child. */
