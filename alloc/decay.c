@@ -24,10 +24,14 @@
  *     nothing left to drain). However small the objects, each one cached can keep a slab.
  *   - freed huge mappings kept for reuse longer than purge_ms are unmapped (otherwise only the
  *     next huge allocation or free looks at their age);
- *   - then the page layer's purge round goes on (its own purge_ms clock), up to
- *     SA_DECAY_PURGE_STEPS steps: a program that only allocates from slabs it has never frees or
- *     allocates units, which is what drives a round otherwise (a round left open kept 33 MiB of
- *     freed units resident through the whole idle end of bench/rss_bench).
+ *   - the page layer's purge round (its own purge_ms clock) goes on a step, and between passes a
+ *     step at each thread's 32nd slow path: before, only unit allocations and frees drove it,
+ *     and a program that works from the slabs it has makes neither (a round left open kept
+ *     33 MiB of freed units resident through the whole idle end of bench/rss_bench);
+ *   - a pass has a budget (SA_DECAY_*: two drains, 32 sheaves, 32 slabs); one that spends it
+ *     stops, and the next comes soon and starts where it stopped. The unit frees a pass makes
+ *     do not step the purge round each (sa_in_decay): each step drops up to 1 MiB of pages,
+ *     and forty of them in one pass made an allocation wait 3 ms.
  * What decay costs the program: a sheaf or slab given back and then needed again is a refill
  * from slabs or a new slab, once per interval at most for each.
  *
@@ -39,9 +43,23 @@
 #include "alloc/scope.h"
 
 _Atomic uint64_t sa_decay_next; /* sa_now_ns() of the next pass; 0: not yet armed */
+static unsigned resume_at;	/* sa_caches_lock: where a pass cut short goes on */
+__thread bool sa_in_decay;
 
-#define SA_DECAY_DRAINS	     8
-#define SA_DECAY_PURGE_STEPS 64 /* of a purge round (8 madvise calls each) in one pass */
+/* A pass's budget: what one allocation that happens to run it may be made to wait for. A pass
+ * that spends it stops there and the next one comes after decay_ms / SA_DECAY_SOON_DIV,
+ * starting at the cache it stopped at: a big backlog (after a program's peak) goes back in
+ * steps of about a hundred microseconds instead of one pause (the first pass after rss_bench's
+ * free took 20 ms in one go before the budget). */
+#define SA_DECAY_DRAINS	  2  /* per-CPU drains (a fence of every CPU each) */
+#define SA_DECAY_SHEAVES  32 /* full sheaves flushed to their slabs */
+#define SA_DECAY_SLABS	  32 /* empty slabs released */
+#define SA_DECAY_SOON_DIV 16
+
+struct budget {
+	unsigned drains, sheaves, slabs;
+	bool cut; /* something was left for the next pass */
+};
 
 /* Every allocation and free this cache ever made, as far as the statistics see it now: the
  * folded counters plus the installed sheaves' operations. Unchanged across an interval: idle. */
@@ -56,50 +74,66 @@ static uint64_t ops_signature(struct sa_cache *c)
 	       sa_cache_stat_racy(c, SA_STAT_SHEAF_ALLOC);
 }
 
-static void decay_cache(struct sa_cache *c, unsigned *drains)
+static void decay_cache(struct sa_cache *c, struct budget *bud)
 {
 	uint64_t sig = ops_signature(c);
 	bool idle = sig == c->decay_ops;
 	c->decay_ops = sig;
-	if (idle && *drains < SA_DECAY_DRAINS) {
+	if (idle) {
 		uint64_t a, f, cached;
 		sa_pcs_stats_racy(c, &a, &f, &cached);
-		if (cached && sa_pcs_drain_try(c))
-			(*drains)++;
+		if (cached && !bud->drains)
+			bud->cut = true;
+		else if (cached && sa_pcs_drain_try(c))
+			bud->drains--;
 	}
-	for (int i = 0; i < sa_nr_nodes; i++) {
+	for (int i = 0; i < sa_nr_nodes && !bud->cut; i++) {
 		struct sa_barn *b = &c->nodes[i]->barn;
-		for (struct sa_sheaf *s = sa_barn_take_unused(b, idle); s;) {
+		for (struct sa_sheaf *s = sa_barn_take_unused(b, idle, bud->sheaves); s;) {
 			struct sa_sheaf *next = s->next;
 			s->next = NULL;
 			sa_sheaf_flush(c, s);
 			sa_sheaf_dispose(c, s);
 			s = next;
+			bud->sheaves--;
 		}
-		sa_slab_decay(c, i, idle);
+		bud->slabs -= sa_slab_decay(c, i, idle, bud->slabs);
+		if (!bud->sheaves || !bud->slabs)
+			bud->cut = true;
 	}
 }
 
 void sa_decay_run(sa_flags_t flags)
 {
+	uint64_t ivl = (uint64_t)sa_opt.decay_ms * 1000000ull;
+	if (!ivl || !sa_may_block(flags) || sa_in_reclaim)
+		return;
 	uint64_t now = sa_now_ns();
 	uint64_t next = atomic_load_explicit(&sa_decay_next, memory_order_relaxed);
-	uint64_t ivl = (uint64_t)sa_opt.decay_ms * 1000000ull;
-	if (!ivl || now < next || !sa_may_block(flags) || sa_in_reclaim)
+	if (now < next) {
+		/* between passes: a purge round under way goes on a step (8 madvise calls) at a
+		 * time; it used to advance only at unit allocations and frees, which a program
+		 * that works from the slabs it has never makes */
+		sa_segment_purge_tick();
 		return;
+	}
 	if (!atomic_compare_exchange_strong(&sa_decay_next, &next, now + ivl))
 		return; /* another thread runs this pass */
 	if (!next)
 		return; /* the first call arms the clock: an interval must pass first */
 	if (pthread_mutex_trylock(&sa_caches_lock))
 		return;
-	unsigned drains = 0;
-	for (struct sa_cache *c = sa_caches; c; c = c->next)
-		decay_cache(c, &drains);
+	struct budget bud = {SA_DECAY_DRAINS, SA_DECAY_SHEAVES, SA_DECAY_SLABS, false};
+	unsigned i = 0;
+	sa_in_decay = true;
+	for (struct sa_cache *c = sa_caches; c && !bud.cut; c = c->next, i++)
+		if (i >= resume_at)
+			decay_cache(c, &bud);
+	sa_in_decay = false;
+	resume_at = bud.cut ? i - 1 : 0; /* the cache it stopped in gets its turn again */
 	pthread_mutex_unlock(&sa_caches_lock);
+	if (bud.cut)
+		atomic_store(&sa_decay_next, now + ivl / SA_DECAY_SOON_DIV);
 	sa_malloc_huge_cache_age();
-	/* a round is a few madvise calls per step, each step set off by a unit allocation or free;
-	 * a program that no longer makes those would leave it unfinished: finish it here */
-	for (int i = 0; i < SA_DECAY_PURGE_STEPS && sa_segment_purge_tick(); i++)
-		;
+	sa_segment_purge_tick();
 }

@@ -504,6 +504,10 @@ bool sa_segment_purge_tick(void); /* a purge round's next steps if due; true: un
 /* decay (alloc/decay.c): what the program stopped using goes back, a pass every decay_ms */
 extern _Atomic uint64_t sa_decay_next;
 void sa_decay_run(sa_flags_t flags);
+#pragma GCC visibility push(hidden)
+/* this thread runs a decay pass: the unit frees it makes do not step the purge round */
+extern __thread bool sa_in_decay __attribute__((tls_model("initial-exec")));
+#pragma GCC visibility pop
 void sa_segmap_set(const void *seg, int on);
 char *sa_map_aligned(size_t len, size_t align, int prot);
 uint64_t sa_segment_bind_failures(void);
@@ -581,10 +585,10 @@ unsigned sa_slab_free_batch(struct sa_cache *c, int node, void **objs, unsigned 
 unsigned sa_slab_free_batch_try(struct sa_cache *c, int node, void **objs, unsigned n);
 bool sa_slab_free_one(struct sa_cache *c, void *obj); /* false: deferred (NOWAIT, lock busy) */
 void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty);
-void sa_slab_decay(struct sa_cache *c, int node, bool all); /* unused empty slabs (decay) */
-void sa_slab_release_deferred(struct sa_slab *head);	    /* SA_DEFER_SLAB */
-void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s);	     /* release it now */
-bool sa_slab_obj_ok(struct sa_cache *c, struct sa_slab *s, const void *obj); /* a boundary? */
+unsigned sa_slab_decay(struct sa_cache *c, int node, bool all, unsigned max); /* decay */
+void sa_slab_release_deferred(struct sa_slab *head);			      /* SA_DEFER_SLAB */
+void sa_slab_release_after_gp(struct sa_cache *c, struct sa_slab *s);	      /* release it now */
+bool sa_slab_obj_ok(struct sa_cache *c, struct sa_slab *s, const void *obj);  /* a boundary? */
 bool sa_pin_range(void *p, size_t len,
 		  sa_flags_t flags);		 /* mlock for SA_PIN; reports the first failure */
 uint64_t sa_slab_inuse_racy(struct sa_cache *c); /* objects out of slabs (in use + cached) */
@@ -596,9 +600,9 @@ struct sa_sheaf *sa_barn_get_full(struct sa_barn *b, sa_flags_t flags);
 struct sa_sheaf *sa_barn_get_empty(struct sa_barn *b, sa_flags_t flags);
 void sa_barn_put_full(struct sa_barn *b, struct sa_sheaf *s);
 void sa_barn_put_empty(struct sa_barn *b, struct sa_sheaf *s);
-bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s);   /* by its size; false if busy */
-struct sa_sheaf *sa_barn_take_all(struct sa_barn *b);		   /* both lists, chained by next */
-struct sa_sheaf *sa_barn_take_unused(struct sa_barn *b, bool all); /* decay: full sheaves */
+bool sa_barn_put_trylock(struct sa_barn *b, struct sa_sheaf *s); /* by its size; false if busy */
+struct sa_sheaf *sa_barn_take_all(struct sa_barn *b);		 /* both lists, chained by next */
+struct sa_sheaf *sa_barn_take_unused(struct sa_barn *b, bool all, unsigned max); /* decay */
 static inline unsigned sa_barn_nr_full_racy(const struct sa_barn *b)
 {
 	return __atomic_load_n(&b->nr_full, __ATOMIC_RELAXED);

@@ -441,6 +441,8 @@ static bool stash_release_range(struct sa_segment *seg, unsigned at, unsigned n)
  * sa_segment_purge) True if a round is under way and not finished. */
 bool sa_segment_purge_tick(void)
 {
+	if (sa_in_decay) /* a decay pass steps the round once, at its end */
+		return false;
 	if (atomic_load_explicit(&dirty_bytes, memory_order_relaxed) > SA_DIRTY_MAX ||
 	    sa_now_ns() - atomic_load(&last_purge_ns) >= (uint64_t)sa_opt.purge_ms * 1000000ull) {
 		sa_segment_purge(0);
@@ -755,13 +757,25 @@ int sa_segment_resize_units(struct sa_slab *head, unsigned units, sa_flags_t fla
 }
 
 /* Purge seg's dirty free units (madvise, without the lock: the units are taken out of the free
- * set meanwhile). Sets *next to the segment after it; adds the madvise calls to *calls. */
+ * set meanwhile): all of them, or (units) at most *units of them, counted down. Sets *next to
+ * the segment after it, or to seg when some were left; adds the madvise calls to *calls. */
 static size_t purge_segment(struct sa_pages *pg, struct sa_segment *seg, struct sa_segment **next,
-			    unsigned *calls)
+			    unsigned *calls, unsigned *units)
 {
 	pthread_mutex_lock(&pg->lock);
 	*next = seg->next; /* unlinked only under purge_busy, held by every walk: stays valid */
 	uint64_t take = seg->dirty_units & seg->free_units;
+	if (units) { /* a round's step: at most *units units, the lowest; the rest next time */
+		uint64_t part = 0;
+		for (unsigned n = *units; n && take; n--) {
+			part |= take & -take;
+			take &= take - 1;
+		}
+		if (take)
+			*next = seg; /* more here: the cursor stays */
+		take = part;
+		*units -= (unsigned)__builtin_popcountll(part);
+	}
 	seg->free_units &= ~take; /* ours while madvise runs */
 	seg->nfree -= (uint32_t)__builtin_popcountll(take);
 	pthread_mutex_unlock(&pg->lock);
@@ -799,7 +813,9 @@ static struct sa_segment *node_head(int n)
 
 /*
  * A purge round that a unit allocation or free sets off (purge_tick: purge_ms passed, or
- * SA_DIRTY_MAX dirty bytes) makes at most SA_PURGE_CALLS madvise calls, then leaves a cursor and
+ * SA_DIRTY_MAX dirty bytes) makes at most SA_PURGE_CALLS madvise calls on at most SA_PURGE_UNITS
+ * units (1 MiB: a madvise's cost grows with the pages it drops, and a step of 8 calls on whole
+ * 4 MiB runs made one allocation wait 2-6 ms in bench/rss_bench), then leaves a cursor and
  * clears last_purge_ns, so the next unit allocation or free goes on from there: no single call
  * pays for the whole heap (a whole round made a free wait 1-5 ms in the churn benchmark; one
  * madvise takes 2-100 us here). Only one
@@ -808,6 +824,7 @@ static struct sa_segment *node_head(int n)
  * new pages) does everything at once, whatever a round is doing.
  */
 #define SA_PURGE_CALLS 8
+#define SA_PURGE_UNITS 16
 static _Atomic int purge_busy;
 static bool purge_open;				  /* purge_busy */
 static int purge_node;				  /* purge_busy */
@@ -836,7 +853,7 @@ size_t sa_segment_purge_upto(size_t need)
 	stash_drain_all();
 	for (int n = 0; n < SA_MAX_NODES && total < need; n++) {
 		for (struct sa_segment *seg = node_head(n); seg;) {
-			total += purge_segment(&pages[n], seg, &seg, &calls);
+			total += purge_segment(&pages[n], seg, &seg, &calls, NULL);
 			if (total >= need)
 				break;
 		}
@@ -865,8 +882,9 @@ size_t sa_segment_purge(int force)
 	}
 	while (purge_node < SA_MAX_NODES) {
 		struct sa_segment *seg = purge_at[purge_node];
-		while (seg && calls < SA_PURGE_CALLS)
-			total += purge_segment(&pages[purge_node], seg, &seg, &calls);
+		unsigned units = SA_PURGE_UNITS;
+		while (seg && calls < SA_PURGE_CALLS && units)
+			total += purge_segment(&pages[purge_node], seg, &seg, &calls, &units);
 		purge_at[purge_node] = seg;
 		if (seg)
 			break;

@@ -610,13 +610,17 @@ void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
 }
 
 /* Decay (alloc/decay.c): release the empty slabs no allocation took since the last pass (the
- * node's low watermark of them; all: every empty slab); the watermark starts afresh. */
-void sa_slab_decay(struct sa_cache *c, int node, bool all)
+ * node's low watermark of them; all: every empty slab), at most max; the watermark starts
+ * afresh. Returns how many went. */
+unsigned sa_slab_decay(struct sa_cache *c, int node, bool all, unsigned max)
 {
 	struct sa_cache_node *n = c->nodes[node];
 	struct sa_slab *rel = NULL;
 	node_lock(n, 0);
 	unsigned go = all ? n->nr_empty : n->low_empty < n->nr_empty ? n->low_empty : n->nr_empty;
+	if (go > max)
+		go = max;
+	unsigned went = go;
 	for (struct sa_slab *s = n->partial; s && go;) {
 		struct sa_slab *next = s->next;
 		if (s->inuse == 0) {
@@ -630,9 +634,11 @@ void sa_slab_decay(struct sa_cache *c, int node, bool all)
 		}
 		s = next;
 	}
+	went -= go;
 	n->low_empty = n->nr_empty;
 	pthread_mutex_unlock(&n->lock);
 	release_list(c, rel);
+	return went;
 }
 
 /* Is obj free in its slab's bitmap (a double free of an object that went back already)? */

@@ -52,14 +52,17 @@ struct sa_sheaf *sa_barn_get_full(struct sa_barn *b, sa_flags_t flags)
 }
 
 /* Decay (alloc/decay.c): the full sheaves no refill needed since the last pass, three quarters
- * of them rounded up (all: every full sheaf), chained by next; the watermark starts afresh. */
-struct sa_sheaf *sa_barn_take_unused(struct sa_barn *b, bool all)
+ * of them rounded up (all: every full sheaf), at most max, chained by next; the watermark
+ * starts afresh (what is left over counts as unused again if nothing takes it). */
+struct sa_sheaf *sa_barn_take_unused(struct sa_barn *b, bool all, unsigned max)
 {
 	if (sa_barn_nr_full_racy(b) == 0)
 		return NULL;
 	pthread_mutex_lock(&b->lock);
 	unsigned low = b->low_full < b->nr_full ? b->low_full : b->nr_full;
 	unsigned n = all ? b->nr_full : (low * 3 + 3) / 4;
+	if (n > max)
+		n = max;
 	struct sa_sheaf *out = NULL;
 	for (unsigned i = 0; i < n; i++) {
 		struct sa_sheaf *s = pop_locked(&b->full, &b->nr_full);

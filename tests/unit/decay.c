@@ -14,6 +14,8 @@
  *                           purged (sa_segment_dirty_bytes falls back)
  *   test_off                decay_ms=0: no pass runs, however long the other cache works
  *   test_nowait             inside a SA_NOWAIT scope a due pass does not run
+ *   test_budget             a pass stops when its budget is spent (here: two drains) and the
+ *                           next one, due soon, goes on from there until everything is back
  *   test_huge_cache_ages    a freed huge block kept for reuse is unmapped by a pass once it is
  *                           older than purge_ms, not before
  */
@@ -66,7 +68,7 @@ static void test_barn_watermark(void **state)
 		sa_barn_put_full(b, sh[i]);
 	}
 	/* the watermark starts at 0 (a new barn): nothing is unused yet */
-	assert_null(sa_barn_take_unused(b, false));
+	assert_null(sa_barn_take_unused(b, false, 100));
 	assert_int_equal(sa_barn_nr_full_racy(b), 8);
 	/* two refills take sheaves: the low watermark is 6, three quarters of it (5) go */
 	struct sa_sheaf *g1 = sa_barn_get_full(b, 0), *g2 = sa_barn_get_full(b, 0);
@@ -75,7 +77,7 @@ static void test_barn_watermark(void **state)
 	sa_barn_put_full(b, g1);
 	sa_barn_put_full(b, g2);
 	int n = 0;
-	for (struct sa_sheaf *s = sa_barn_take_unused(b, false); s;) {
+	for (struct sa_sheaf *s = sa_barn_take_unused(b, false, 100); s;) {
 		struct sa_sheaf *next = s->next;
 		assert_int_equal(s->size, 3);
 		sa_sheaf_flush(c, s);
@@ -87,7 +89,7 @@ static void test_barn_watermark(void **state)
 	assert_int_equal(sa_barn_nr_full_racy(b), 3);
 	/* all: every full sheaf */
 	n = 0;
-	for (struct sa_sheaf *s = sa_barn_take_unused(b, true); s;) {
+	for (struct sa_sheaf *s = sa_barn_take_unused(b, true, 100); s;) {
 		struct sa_sheaf *next = s->next;
 		sa_sheaf_flush(c, s);
 		sa_sheaf_free(c, s);
@@ -310,6 +312,51 @@ static void test_nowait(void **state)
 	sa_opt.decay_ms = saved;
 }
 
+static void test_budget(void **state)
+{
+	(void)state;
+	enum { NC = 5 };
+	unsigned saved = sa_opt.decay_ms;
+	sa_opt.decay_ms = 3600000;
+	struct sa_cache *cs[NC];
+	char name[32];
+	for (int k = 0; k < NC; k++) {
+		snprintf(name, sizeof(name), "decay-budget-%d", k);
+		cs[k] = sa_cache_create(name, 1024, NULL);
+		assert_non_null(cs[k]);
+		fill_and_free(cs[k], N);
+		assert_true(get_stats(cs[k]).objects_cached > 0);
+	}
+	pass(); /* signatures */
+	uint64_t before = sa_now_ns();
+	pass(); /* every cache is idle with objects in its per-CPU sheaves: two drains, then cut */
+	int back = 0;
+	for (int k = 0; k < NC; k++)
+		back += get_stats(cs[k]).slabs == 0;
+	print_message("budget: %d of %d idle caches back after one pass\n", back, NC);
+	assert_true(back >= 1);
+	assert_true(back < NC);
+	/* cut short: the next pass is due in a sixteenth of the interval, not a whole one */
+	uint64_t next = atomic_load(&sa_decay_next);
+	assert_true(next < before + (uint64_t)sa_opt.decay_ms * 1000000ull / 2);
+	int passes = 1;
+	while (back < NC && passes < 20) {
+		pass();
+		passes++;
+		back = 0;
+		for (int k = 0; k < NC; k++)
+			back += get_stats(cs[k]).slabs == 0;
+	}
+	assert_int_equal(back, NC);
+	for (int k = 0; k < NC; k++) {
+		struct sa_cache_stats s = get_stats(cs[k]);
+		assert_int_equal(s.objects_cached, 0);
+		assert_stats_consistent(cs[k], 0);
+		sa_cache_destroy(cs[k]);
+	}
+	sa_opt.decay_ms = saved;
+}
+
 static size_t huge_cached(void)
 {
 	struct sa_malloc_totals t;
@@ -355,6 +402,7 @@ int main(void)
 		cmocka_unit_test(test_automatic),
 		cmocka_unit_test(test_off),
 		cmocka_unit_test(test_nowait),
+		cmocka_unit_test(test_budget),
 		cmocka_unit_test(test_huge_cache_ages),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
