@@ -1,7 +1,8 @@
 /*
  * alloc/decay.c — giving back what the program stopped using (docs/design.md §14).
  *
- * Owns: the decay clock (sa_decay_next) and each cache's idleness signature (c->decay_ops).
+ * Owns: the decay clock (sa_decay_next), each cache's idleness signature (c->decay_ops), and
+ * the background thread of background=1 (below).
  *
  * Free objects wait in three places before their memory can leave: per-CPU sheaves, the barns'
  * full sheaves, and empty slabs a cache node keeps for reuse. All three are there for a reuse
@@ -40,6 +41,10 @@
  * one may come here through an allocation). It runs only where the caller may block and call
  * the system, and never inside a reclaim round. c->decay_ops is written only by the pass.
  */
+#include <errno.h>
+#include <signal.h>
+#include <time.h>
+
 #include "alloc/scope.h"
 
 _Atomic uint64_t sa_decay_next; /* sa_now_ns() of the next pass; 0: not yet armed */
@@ -103,6 +108,74 @@ static void decay_cache(struct sa_cache *c, struct budget *bud)
 	}
 }
 
+/* ------------------------------------------------------------------ background thread ------ */
+/* With background=1 a thread runs what the slow paths would: a pass every decay_ms and the purge
+ * round's steps, so a program that stops making allocator calls altogether still gets its
+ * memory back (without it, what was freed and not yet purged stays until the next call). It
+ * starts at the first pass a slow path runs (pthread_create allocates: not under a lock, not
+ * in a NOWAIT context), never exits, and does not exist in a forked child until the child's
+ * own first pass. When a pass and the purge find nothing to do, it sleeps twice as long next
+ * time, up to SA_BG_SLEEP_MAX_MS: an idle program is woken a few times a minute, not four
+ * times a second. It never allocates in its loop and opens no scope. */
+#define SA_BG_SLEEP_MAX_MS 8000
+static _Atomic int bg_state; /* 0 none, 1 being created, 2 running */
+
+static bool pass_now(void);
+static bool run_pass(uint64_t now, uint64_t ivl);
+
+static void *bg_main(void *arg)
+{
+	(void)arg;
+	unsigned sleep_ms = sa_opt.decay_ms ? sa_opt.decay_ms : 250;
+	for (;;) {
+		struct timespec ts = {(time_t)(sleep_ms / 1000),
+				      (long)(sleep_ms % 1000) * 1000000L};
+		while (nanosleep(&ts, &ts) && errno == EINTR)
+			;
+		bool worked = sa_opt.decay_ms && pass_now();
+		/* the purge round as far as it is due, a step (at most 1 MiB) at a time */
+		for (int i = 0; i < 64 && sa_segment_purge_tick(); i++)
+			worked = true;
+		unsigned base = sa_opt.decay_ms ? sa_opt.decay_ms : 250;
+		sleep_ms = worked || sa_segment_dirty_bytes() ? base : sleep_ms * 2;
+		if (sleep_ms > SA_BG_SLEEP_MAX_MS)
+			sleep_ms = SA_BG_SLEEP_MAX_MS;
+	}
+	return NULL;
+}
+
+static void bg_start(void)
+{
+	int expect = 0;
+	if (!sa_opt.background || atomic_load_explicit(&bg_state, memory_order_relaxed) ||
+	    !atomic_compare_exchange_strong(&bg_state, &expect, 1))
+		return;
+	pthread_t t;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&a, 128 << 10);
+	/* every signal blocked in the thread: the program's handlers run in its own threads */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int r = pthread_create(&t, &a, bg_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&a);
+	atomic_store(&bg_state, r == 0 ? 2 : 0);
+}
+
+void sa_decay_atfork_child(void)
+{
+	atomic_store(&bg_state, 0);
+}
+
+bool sa_decay_background_running(void)
+{
+	return atomic_load(&bg_state) == 2;
+}
+
+/* ------------------------------------------------------------------ the pass ---------------- */
 void sa_decay_run(sa_flags_t flags)
 {
 	uint64_t ivl = (uint64_t)sa_opt.decay_ms * 1000000ull;
@@ -119,10 +192,29 @@ void sa_decay_run(sa_flags_t flags)
 	}
 	if (!atomic_compare_exchange_strong(&sa_decay_next, &next, now + ivl))
 		return; /* another thread runs this pass */
+	bg_start();
 	if (!next)
 		return; /* the first call arms the clock: an interval must pass first */
+	run_pass(now, ivl);
+}
+
+/* The background thread's pass: when the slow paths have not run one for an interval. True if
+ * it gave anything back. */
+static bool pass_now(void)
+{
+	uint64_t ivl = (uint64_t)sa_opt.decay_ms * 1000000ull;
+	uint64_t now = sa_now_ns();
+	uint64_t next = atomic_load_explicit(&sa_decay_next, memory_order_relaxed);
+	if (now < next || !atomic_compare_exchange_strong(&sa_decay_next, &next, now + ivl))
+		return false; /* a slow path ran one lately, or runs one now */
+	return run_pass(now, ivl);
+}
+
+/* One pass (the caller won the deadline's compare-exchange); true if it gave anything back. */
+static bool run_pass(uint64_t now, uint64_t ivl)
+{
 	if (pthread_mutex_trylock(&sa_caches_lock))
-		return;
+		return false;
 	struct budget bud = {SA_DECAY_DRAINS, SA_DECAY_SHEAVES, SA_DECAY_SLABS, false};
 	unsigned i = 0;
 	sa_in_decay = true;
@@ -136,4 +228,7 @@ void sa_decay_run(sa_flags_t flags)
 		atomic_store(&sa_decay_next, now + ivl / SA_DECAY_SOON_DIV);
 	sa_malloc_huge_cache_age();
 	sa_segment_purge_tick();
+	/* gave something back (a drain, a sheaf, a slab) or left some for the next pass */
+	return bud.cut || bud.drains != SA_DECAY_DRAINS || bud.sheaves != SA_DECAY_SHEAVES ||
+	       bud.slabs != SA_DECAY_SLABS;
 }

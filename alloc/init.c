@@ -164,6 +164,7 @@ static void atfork_parent(void)
 
 static void atfork_child(void)
 {
+	sa_decay_atfork_child();
 	/* glibc resets the list lock in a multi-threaded child before the child handlers run;
 	 * resetting again covers the case where it did not take it: we are the only thread */
 	if (release_locks(true) && fork_stdio_locked)

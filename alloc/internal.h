@@ -399,6 +399,7 @@ struct sa_options {
 	int bad_free_abort; /* bad_free=abort: a bad free is reported, then the process aborts */
 	unsigned purge_ms;
 	unsigned decay_ms; /* alloc/decay.c: interval of the decay passes; 0: none */
+	int background;	   /* alloc/decay.c: a thread runs the passes while the program idles */
 	int verbose;
 	int topology_hwloc; /* topology=hwloc: load hwloc even on one node */
 };
@@ -504,6 +505,8 @@ bool sa_segment_purge_tick(void); /* a purge round's next steps if due; true: un
 /* decay (alloc/decay.c): what the program stopped using goes back, a pass every decay_ms */
 extern _Atomic uint64_t sa_decay_next;
 void sa_decay_run(sa_flags_t flags);
+void sa_decay_atfork_child(void); /* no background thread in the child: one starts when needed */
+bool sa_decay_background_running(void);
 #pragma GCC visibility push(hidden)
 /* this thread runs a decay pass: the unit frees it makes do not step the purge round */
 extern __thread bool sa_in_decay __attribute__((tls_model("initial-exec")));

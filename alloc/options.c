@@ -87,6 +87,9 @@ static const struct opt_desc table[] = {
 	{"decay_ms", OPT_UINT, &sa_opt.decay_ms, 0, 3600000, NULL,
 	 "interval after which cached free objects and empty slabs the program did not use go "
 	 "back (0: never)"},
+	{"background", OPT_BOOL, &sa_opt.background, 0, 1, NULL,
+	 "a background thread runs the decay passes and purges, so memory also goes back while the "
+	 "program makes no allocator call (0: passes run only in allocation slow paths)"},
 	{"topology", OPT_ENUM, &sa_opt.topology_hwloc, 0, 1, "auto|hwloc",
 	 "auto: load hwloc only on multi-node machines or when HWLOC_* gives a topology"},
 	{"verbose", OPT_BOOL, &sa_opt.verbose, 0, 1, NULL, "print the effective settings at start"},

@@ -16,6 +16,10 @@
  *   test_nowait             inside a SA_NOWAIT scope a due pass does not run
  *   test_budget             a pass stops when its budget is spent (here: two drains) and the
  *                           next one, due soon, goes on from there until everything is back
+ *   test_background         background=1 (in a child process): after one slow path has started
+ *                           the thread, a cache's free objects and their pages go back while
+ *                           the program makes no allocator call at all (30 s deadline); with
+ *                           background=0 nothing moves in the same time
  *   test_huge_cache_ages    a freed huge block kept for reuse is unmapped by a pass once it is
  *                           older than purge_ms, not before
  */
@@ -357,6 +361,59 @@ static void test_budget(void **state)
 	sa_opt.decay_ms = saved;
 }
 
+/* In a child: an idle cache, then no allocator call; 0 if its slabs and the dirty pages went
+ * within 30 s, 1 if not, 2 if something else failed. */
+static int background_child(int on)
+{
+	sa_opt.background = on;
+	sa_opt.decay_ms = 20;
+	sa_opt.purge_ms = 20;
+	struct sa_cache *c = sa_cache_create("decay-bg", 2048, NULL);
+	if (!c)
+		return 2;
+	for (int i = 0; i < N; i++)
+		if (!(objs[i] = sa_cache_alloc(c, 0)))
+			return 2;
+	for (int i = 0; i < N; i++)
+		sa_cache_free(c, objs[i]);
+	if (get_stats(c).slabs == 0)
+		return 2;
+	/* due, so this slow path runs a pass, and (on) starts the thread */
+	atomic_store(&sa_decay_next, 1);
+	sa_decay_run(0);
+	if (on != sa_decay_background_running())
+		return 2;
+	double end = now_s() + (on ? 30 : 1);
+	while (now_s() < end) {
+		struct sa_cache_stats s;
+		sa_cache_stats(c, &s);
+		if (s.slabs == 0 && sa_segment_dirty_bytes() == 0)
+			return 0;
+		struct timespec ts = {0, 10000000};
+		nanosleep(&ts, NULL);
+	}
+	return 1;
+}
+
+static void test_background(void **state)
+{
+	(void)state;
+	for (int on = 1; on >= 0; on--) {
+		fflush(stdout);
+		fflush(stderr);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0)
+			_exit(background_child(on));
+		int st = 0;
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFEXITED(st));
+		print_message("background=%d: child exit %d (0: all back while idle)\n", on,
+			      WEXITSTATUS(st));
+		assert_int_equal(WEXITSTATUS(st), on ? 0 : 1);
+	}
+}
+
 static size_t huge_cached(void)
 {
 	struct sa_malloc_totals t;
@@ -404,6 +461,7 @@ int main(void)
 		cmocka_unit_test(test_nowait),
 		cmocka_unit_test(test_budget),
 		cmocka_unit_test(test_huge_cache_ages),
+		cmocka_unit_test(test_background),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
