@@ -636,7 +636,7 @@ int sa_pcs_current_cpu(void);
 void *sa_pcs_alloc_slow(struct sa_cache *c, sa_flags_t flags, int why);
 void sa_pcs_free_slow(struct sa_cache *c, void *obj, int node, int why);
 void sa_pcs_drain(struct sa_cache *c);
-bool sa_pcs_drain_try(struct sa_cache *c); /* sa_pcs_drain unless another drain runs: false */
+bool sa_pcs_drain_try(struct sa_cache *c); /* main and spare (not rcu) unless a drain runs */
 void sa_pcs_atfork(struct sa_cache *c, int phase); /* fallback mode: every slot lock */
 int sa_pcs_current_node(struct sa_cache *c);
 int sa_rseq_thread_ready(void);

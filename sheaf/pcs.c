@@ -668,25 +668,28 @@ int sa_pcs_offer_spare(struct sa_cache *c, struct sa_sheaf *s)
  * slots are ours; fallback: each slot's lock in turn. Sheaves are flushed and freed (the kernel's
  * flush_all skips the barn too).
  */
-static void drain_locked(struct sa_cache *c);
+static void drain_locked(struct sa_cache *c, bool rcu_too);
 
 void sa_pcs_drain(struct sa_cache *c)
 {
 	pthread_mutex_lock(&c->drain_lock);
-	drain_locked(c);
+	drain_locked(c, true);
 	pthread_mutex_unlock(&c->drain_lock);
 }
 
+/* Decay's drain: the main and spare sheaves only. The rcu sheaves are the RCU thread's to drain
+ * (its tick); submitting them here would start that thread where nothing asked for RCU work
+ * (a fork child's first decay pass did, and TSan's runtime killed the child for it). */
 bool sa_pcs_drain_try(struct sa_cache *c)
 {
 	if (pthread_mutex_trylock(&c->drain_lock))
 		return false;
-	drain_locked(c);
+	drain_locked(c, false);
 	pthread_mutex_unlock(&c->drain_lock);
 	return true;
 }
 
-static void drain_locked(struct sa_cache *c)
+static void drain_locked(struct sa_cache *c, bool rcu_too)
 {
 	bool rseq = sa_pcs_mode != SA_PCS_FALLBACK;
 	if (rseq) {
@@ -709,10 +712,11 @@ static void drain_locked(struct sa_cache *c)
 		if (s[0] != &sa_sheaf_sentinel) /* the main's state lives in the slot */
 			set_state_word(s[0], sa_top_to_state(s[0], slot->top));
 		set_top(slot, sa_top_encode(&sa_sheaf_sentinel, 0, 0));
-		struct sa_sheaf *r = slot->rcu;
-		if (rseq)
+		struct sa_sheaf *r = rcu_too ? slot->rcu : &sa_sheaf_sentinel;
+		if (rseq && rcu_too)
 			SA_TSAN_ACQUIRE(r);
-		__atomic_store_n(&slot->rcu, &sa_sheaf_sentinel, __ATOMIC_RELAXED);
+		if (rcu_too)
+			__atomic_store_n(&slot->rcu, &sa_sheaf_sentinel, __ATOMIC_RELAXED);
 		if (!rseq)
 			spin_unlock(&slot->lock);
 		if (r != &sa_sheaf_sentinel) /* its objects wait for a grace period, not a flush */
