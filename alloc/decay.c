@@ -12,15 +12,16 @@
  * 5 MiB live, where sa_trim brought it to 21 MiB). Decay returns them by itself, a little at a
  * time, from what the program did not use:
  *   - every decay_ms (option, default 250; 0: never), the first slow path of any cache after the
- *     deadline runs one decay pass (sa_decay_tick; one thread at a time, by a compare-exchange
- *     on the deadline);
+ *     deadline runs one decay pass (decay_tick in sheaf/pcs.c looks at one slow path in 32 of
+ *     each thread; one thread at a time runs it, by a compare-exchange on the deadline);
  *   - a barn gives three quarters (rounded up) of its low watermark of full sheaves back to the
  *     slabs: sheaves that stayed in the barn through the whole interval (barn/barn.c);
  *   - a cache node releases its low watermark of empty slabs: slabs no refill took
  *     (alloc/slab.c);
  *   - a cache with no allocation or free at all in the interval (its cumulative counters and its
  *     installed sheaves' operation counts unchanged) gives everything back: barns, every empty
- *     slab, and its per-CPU sheaves when they hold anything (a drain, which fences every CPU:
+ *     slab, and its per-CPU main and spare sheaves when they hold anything (the rcu sheaves are
+ *     the RCU thread's, alloc/rcu.c; a drain, which fences every CPU:
  *     at most SA_DECAY_DRAINS caches a pass, and once per idle spell: a drained idle cache has
  *     nothing left to drain). However small the objects, each one cached can keep a slab.
  *   - freed huge mappings kept for reuse longer than purge_ms are unmapped (otherwise only the
