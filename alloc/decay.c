@@ -68,11 +68,12 @@ struct budget {
 };
 
 /* Every allocation and free this cache ever made, as far as the statistics see it now: the
- * folded counters plus the installed sheaves' operations. Unchanged across an interval: idle. */
-static uint64_t ops_signature(struct sa_cache *c)
+ * folded counters plus the installed sheaves' operations. Unchanged across an interval: idle.
+ * *cached: the objects in its per-CPU sheaves now. */
+static uint64_t ops_signature(struct sa_cache *c, uint64_t *cached)
 {
-	uint64_t a, f, cached;
-	sa_pcs_stats_racy(c, &a, &f, &cached);
+	uint64_t a, f;
+	sa_pcs_stats_racy(c, &a, &f, cached);
 	return a + f + sa_cache_stat_racy(c, SA_STAT_ALLOC_FAST) +
 	       sa_cache_stat_racy(c, SA_STAT_FREE_FAST) +
 	       sa_cache_stat_racy(c, SA_STAT_ALLOC_SLOW) +
@@ -82,12 +83,11 @@ static uint64_t ops_signature(struct sa_cache *c)
 
 static void decay_cache(struct sa_cache *c, struct budget *bud)
 {
-	uint64_t sig = ops_signature(c);
+	uint64_t cached;
+	uint64_t sig = ops_signature(c, &cached);
 	bool idle = sig == c->decay_ops;
 	c->decay_ops = sig;
 	if (idle) {
-		uint64_t a, f, cached;
-		sa_pcs_stats_racy(c, &a, &f, &cached);
 		if (cached && !bud->drains)
 			bud->cut = true;
 		else if (cached && sa_pcs_drain_try(c))

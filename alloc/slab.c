@@ -587,24 +587,33 @@ bool sa_slab_free_one(struct sa_cache *c, void *obj)
 	return true;
 }
 
-void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
+/* Lock held: up to `count` empty slabs off the partial list onto *rel; returns how many. */
+static unsigned take_empty_locked(struct sa_cache_node *n, unsigned count, struct sa_slab **rel)
 {
-	struct sa_cache_node *n = c->nodes[node];
-	struct sa_slab *rel = NULL;
-	node_lock(n, 0);
-	struct sa_slab *s = n->partial;
-	while (s && n->nr_empty > keep_empty) {
+	unsigned went = 0;
+	for (struct sa_slab *s = n->partial; s && went < count;) {
 		struct sa_slab *next = s->next;
 		if (s->inuse == 0) {
 			partial_del_locked(n, s);
 			n->nr_empty--;
 			n->nr_slabs--;
 			n->units -= s->nunits;
-			s->next = rel;
-			rel = s;
+			s->next = *rel;
+			*rel = s;
+			went++;
 		}
 		s = next;
 	}
+	return went;
+}
+
+void sa_slab_shrink(struct sa_cache *c, int node, unsigned keep_empty)
+{
+	struct sa_cache_node *n = c->nodes[node];
+	struct sa_slab *rel = NULL;
+	node_lock(n, 0);
+	if (n->nr_empty > keep_empty)
+		take_empty_locked(n, n->nr_empty - keep_empty, &rel);
 	pthread_mutex_unlock(&n->lock);
 	release_list(c, rel);
 }
@@ -618,23 +627,7 @@ unsigned sa_slab_decay(struct sa_cache *c, int node, bool all, unsigned max)
 	struct sa_slab *rel = NULL;
 	node_lock(n, 0);
 	unsigned go = all ? n->nr_empty : n->low_empty < n->nr_empty ? n->low_empty : n->nr_empty;
-	if (go > max)
-		go = max;
-	unsigned went = go;
-	for (struct sa_slab *s = n->partial; s && go;) {
-		struct sa_slab *next = s->next;
-		if (s->inuse == 0) {
-			partial_del_locked(n, s);
-			n->nr_empty--;
-			n->nr_slabs--;
-			n->units -= s->nunits;
-			s->next = rel;
-			rel = s;
-			go--;
-		}
-		s = next;
-	}
-	went -= go;
+	unsigned went = take_empty_locked(n, go < max ? go : max, &rel);
 	n->low_empty = n->nr_empty;
 	pthread_mutex_unlock(&n->lock);
 	release_list(c, rel);
