@@ -316,6 +316,12 @@ static bool run_batch(void)
 	while (sl) {
 		struct sa_slab *next = sl->next;
 		sl->next = NULL;
+#ifdef SA_TSAN
+		/* every object a reader may have released at its section's end: as in free_sheaf,
+		 * the grace period is invisible to TSan, and the slab's memory changes owner now */
+		for (uint32_t i = 0; i < sl->nobjs; i++)
+			SA_TSAN_ACQUIRE(sa_slab_base(sl) + (size_t)i * sl->cache->stride);
+#endif
 		sa_slab_release_after_gp(sl->cache, sl);
 		sl = next;
 	}

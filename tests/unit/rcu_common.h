@@ -56,9 +56,10 @@
  * which is not instrumented. The readers here say what a grace period guarantees instead: just
  * before leaving a section, a reader releases every object it read there (the library acquires
  * an object when its grace period has passed, in alloc/rcu.c free_sheaf, and its own
- * annotations carry that on to the next owner), and a global sync object that constructors
- * acquire (a typesafe slab's memory reused after its delayed release, which the library does
- * not annotate). This orders only sections that had ended: a reader still inside its section
+ * annotations carry that on to the next owner; it also acquires every object of a typesafe
+ * slab when the slab's delayed release runs, in alloc/rcu.c, since its memory may then go to
+ * any other owner, malloc included), and a global sync object that constructors acquire (a
+ * typesafe slab's memory reused by another constructor-bearing cache). This orders only sections that had ended: a reader still inside its section
  * when its object is reused has not released it yet, so TSan still reports that (and the
  * violation counters below count it).
  */
