@@ -354,13 +354,19 @@ SA_API SA_HOT_ALIGN void sa_cache_free(struct sa_cache *c, void *obj)
 /*
  * A freed object of a keyed cache (the malloc classes: sa_free_keyed) already carried its key:
  * freed twice, unless the program happened to leave exactly that value there. Look for it where
- * a freed object can be: this cache's per-CPU sheaves, its barns, its slab's bitmap. Found, or
- * not at an object's start: reported. Otherwise it is freed as usual.
+ * a freed object can be: this cache's per-CPU sheaves, its barns, its slab's bitmap. Found, not
+ * at an object's start, or at or past its unit's fresh mark (never handed out): reported.
+ * Otherwise it is freed as usual.
  */
 SA_COLD void sa_free_suspect(struct sa_cache *c, void *obj, struct sa_slab *s)
 {
 	if (((uintptr_t)obj & 15) || !sa_slab_obj_ok(c, s, obj)) {
 		sa_cache_bad_free(c, obj, "not the start of an object");
+		return;
+	}
+	if ((((uintptr_t)obj & (SA_UNIT_SIZE - 1)) >> 4) >=
+	    __atomic_load_n(&s->fresh, __ATOMIC_RELAXED)) {
+		sa_cache_bad_free(c, obj, "not an allocated block (never handed out)");
 		return;
 	}
 	if (sa_pcs_holds_racy(c, obj) || sa_barn_holds(c, obj) || sa_slab_holds(c, obj)) {

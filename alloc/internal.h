@@ -238,7 +238,10 @@ struct sa_slab {
 	struct sa_slab *head;	/* first unit of this slab */
 	uint64_t *bits;		/* cnode->lock: bit i set = object i free (meta memory) */
 	uint32_t hint;		/* cnode->lock: no set bit in the words before this one */
-	uint32_t flags;		/* head unit, set before publication: SA_SLAB_* */
+	uint16_t flags;		/* head unit, set before publication: SA_SLAB_* */
+	uint16_t fresh;		/* every unit, atomic: 16-byte granules of this unit below
+				 * the last object start ever handed out (SA_FRESH_ALL: all);
+				 * an object starting at or past it was never handed out */
 	struct sa_slab *next;	/* cnode->lock: partial list */
 	struct sa_slab *prev;	/* cnode->lock */
 	uint32_t inuse;		/* cnode->lock: objects out of the slab (bit clear) */
@@ -252,6 +255,7 @@ _Static_assert(sizeof(struct sa_slab) == 64, "slab meta is one line");
 #define SA_SLAB_PINNED	      1u /* its units are mlock'ed (munlock when they go back) */
 #define SA_SLAB_RESERVE	      2u /* carved from the emergency reserve: on cnode->reserve_slabs */
 #define SA_SLAB_KEYED	      4u /* every unit record of a keyed cache's slab: see sa_free_keyed */
+#define SA_FRESH_ALL	      ((uint16_t)(SA_UNIT_SIZE >> 4)) /* sa_slab.fresh: whole unit */
 #define SA_CACHE_KEYED_	      (1u << 17) /* internal: frees key their objects (the malloc classes) */
 #define SA_CACHE_PUBLIC_FLAGS (SA_CACHE_TYPESAFE_RCU | SA_CACHE_HWCACHE_ALIGN | SA_CACHE_DEBUG)
 /* internal flag: this allocation may not take the emergency reserve's units (a slab for
@@ -672,7 +676,9 @@ bool sa_slab_holds(struct sa_cache *c, const void *obj);     /* free in its slab
  * secret xor the object's address into its second word, and malloc clears that word when it
  * hands the object out. A free that finds the key there already is a double free, unless the
  * program wrote exactly that value itself: sa_free_suspect looks for the object among the free
- * ones before it reports anything. A pointer that is not 16-byte aligned is no object's start.
+ * ones before it reports anything. A pointer that is not 16-byte aligned is no object's start,
+ * and one at or past its unit's fresh mark (struct sa_slab) points at an object that was never
+ * handed out (free(p + 16 KiB) of a new slab's first object): both go to sa_free_suspect.
  * true: go on with the free; false: the suspect path dealt with it.
  */
 extern uint64_t sa_free_key; /* set once at start-up from AT_RANDOM */
@@ -680,7 +686,13 @@ static inline bool sa_free_keyed(struct sa_cache *c, void *obj, struct sa_slab *
 {
 	uint64_t *w = (uint64_t *)obj + 1;
 	uint64_t k = sa_free_key ^ (uintptr_t)obj;
-	if (SA_UNLIKELY((uintptr_t)obj & 15) || SA_UNLIKELY(*w == k)) {
+	/* the offset in the 64 KiB unit rotated by 4: its granule, with any misalignment in the
+	 * top nibble (>= 0x1000 = SA_FRESH_ALL, so past every fresh mark): one compare for both */
+	uint16_t off = (uint16_t)(uintptr_t)obj;
+	uint16_t g = (uint16_t)((off >> 4) | (off << 12));
+	_Static_assert(SA_UNIT_SIZE == 65536, "the rotation takes the unit offset as 16 bits");
+	if (SA_UNLIKELY(g >= __atomic_load_n(&s->fresh, __ATOMIC_RELAXED)) ||
+	    SA_UNLIKELY(*w == k)) {
 		sa_free_suspect(c, obj, s);
 		return false;
 	}

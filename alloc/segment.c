@@ -628,6 +628,7 @@ static void clear_records(struct sa_slab *head, unsigned units)
 		u->bits = NULL;
 		u->hint = 0;
 		u->flags = 0;
+		u->fresh = 0;
 		u->next = u->prev = NULL;
 		u->inuse = u->nobjs = 0;
 		u->nunits = 0;

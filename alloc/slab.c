@@ -211,6 +211,7 @@ static void slab_init(struct sa_cache *c, struct sa_slab *s, uint64_t *bits)
 	if (c->debug)
 		sa_debug_slab_init(c, s);
 	for (unsigned i = 0; i < s->nunits; i++) {
+		__atomic_store_n(&s[i].fresh, 0, __ATOMIC_RELAXED);
 		if (c->flags & SA_CACHE_KEYED_)
 			s[i].flags |= SA_SLAB_KEYED;
 		__atomic_store_n(&s[i].cache, c, __ATOMIC_RELEASE);
@@ -282,6 +283,24 @@ static bool node_lock(struct sa_cache_node *n, sa_flags_t flags)
 	return true;
 }
 
+/*
+ * The fresh marks (struct sa_slab, sa_free_keyed): objects leave a slab lowest index first
+ * (take_locked and take_private take the lowest set bits), so every object below the highest
+ * one ever handed out has been handed out, and none above it. last: the highest object of
+ * this take. Written before the objects reach anyone, so a legitimate free (which the program
+ * orders after the allocation) always finds its object below the mark.
+ */
+static void fresh_advance(struct sa_slab *s, const void *last)
+{
+	size_t off = (size_t)((const char *)last - sa_slab_base(s));
+	unsigned u = (unsigned)(off >> SA_UNIT_SHIFT);
+	uint16_t g = (uint16_t)(((off & (SA_UNIT_SIZE - 1)) >> 4) + 1);
+	if (__atomic_load_n(&s[u].fresh, __ATOMIC_RELAXED) < g)
+		__atomic_store_n(&s[u].fresh, g, __ATOMIC_RELAXED);
+	while (u-- > 0 && __atomic_load_n(&s[u].fresh, __ATOMIC_RELAXED) != SA_FRESH_ALL)
+		__atomic_store_n(&s[u].fresh, SA_FRESH_ALL, __ATOMIC_RELAXED);
+}
+
 /* Take up to want objects from s (locked), in address order from the hint on. */
 static unsigned take_locked(struct sa_cache *c, struct sa_cache_node *n, struct sa_slab *s,
 			    void **dst, unsigned want)
@@ -310,6 +329,8 @@ static unsigned take_locked(struct sa_cache *c, struct sa_cache_node *n, struct 
 	s->hint = w;
 	s->inuse += got;
 	n->objs_out += got;
+	if (got)
+		fresh_advance(s, dst[got - 1]);
 	if (s->inuse == s->nobjs)
 		partial_del_locked(n, s);
 	return got;
@@ -330,6 +351,8 @@ static unsigned take_private(struct sa_cache *c, struct sa_slab *s, void **dst, 
 			s->hint = w + 1;
 	}
 	s->inuse += got;
+	if (got)
+		fresh_advance(s, dst[got - 1]);
 	return got;
 }
 

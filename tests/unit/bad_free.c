@@ -122,6 +122,67 @@ static void test_free_after_slab_released(void **state)
 	sa_cache_destroy(c);
 }
 
+/*
+ * free(q) where q is the start of an object that its slab never handed out (free(p + 16 KiB)
+ * of a 16-byte block, in general: an object at or past its unit's fresh mark), for malloc
+ * classes with one-unit and many-unit slabs: reported and ignored at once, and never handed
+ * out twice afterwards. Then every object handed out (across the units of those slabs) frees
+ * without a report: the marks never flag a legitimate free.
+ */
+static void test_free_never_handed_out(void **state)
+{
+	(void)state;
+	static const size_t sizes[] = {16, 48, 1024, 3072, 12288, 32768};
+	int flagged = 0;
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		char *p = sa_malloc(sizes[k]);
+		assert_non_null(p);
+		struct sa_slab *h = sa_slab_of(p)->head;
+		struct sa_cache *c = h->cache;
+		char *base = sa_slab_base(h);
+		char *q = NULL;
+		for (uint32_t i = (uint32_t)((p - base) / c->stride) + 1; i < h->nobjs && !q; i++) {
+			char *o = base + (size_t)i * c->stride;
+			size_t off = (size_t)(o - base);
+			struct sa_slab *u = &h[off >> SA_UNIT_SHIFT];
+			if (((off & (SA_UNIT_SIZE - 1)) >> 4) >= u->fresh)
+				q = o;
+		}
+		if (!q) { /* this class's slab was handed out whole already: nothing to test */
+			sa_free(p);
+			continue;
+		}
+		flagged++;
+		struct capture cap;
+		capture_begin(&cap);
+		sa_free(q);
+		const char *msg = capture_end(&cap);
+		if (count_substr(msg, "never handed out") != 1)
+			fail_msg("size %zu: free of never-handed-out %p: '%s'", sizes[k], (void *)q,
+				 msg);
+		capture_free(&cap);
+		/* enough allocations to pass q's index from the slab, with q on no sheaf */
+		size_t n = 2 * (size_t)h->nobjs + 600;
+		void **objs = malloc(n * sizeof(*objs));
+		assert_non_null(objs);
+		for (size_t i = 0; i < n; i++) {
+			objs[i] = sa_malloc(sizes[k]);
+			assert_non_null(objs[i]);
+		}
+		check_no_duplicates(objs, n);
+		capture_begin(&cap);
+		for (size_t i = 0; i < n; i++)
+			sa_free(objs[i]);
+		sa_free(p);
+		msg = capture_end(&cap);
+		if (*msg)
+			fail_msg("size %zu: legitimate frees reported: '%s'", sizes[k], msg);
+		capture_free(&cap);
+		free(objs);
+	}
+	assert_true(flagged >= 3); /* the classes first used here start new slabs */
+}
+
 /* A pointer into a large (units) or huge (own mapping) block, not at its start: sa_free and
  * sa_realloc report it and leave the block alone (the block stays usable, its bytes intact). */
 static void test_interior_pointer_of_large_and_huge(void **state)
@@ -365,6 +426,7 @@ int main(void)
 		cmocka_unit_test(test_free_after_slab_released),
 		cmocka_unit_test(test_double_free_found_at_flush),
 		cmocka_unit_test(test_free_key_cleared_on_every_path),
+		cmocka_unit_test(test_free_never_handed_out),
 		cmocka_unit_test(test_interior_pointer_of_large_and_huge),
 		cmocka_unit_test(test_bad_free_abort_option),
 		cmocka_unit_test(test_destroy_with_live_objects),

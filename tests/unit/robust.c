@@ -13,7 +13,8 @@
  *        slow machine)
  *   test_misuse_aborts_by_default  always-on checks, no option set: each misuse (a small double
  *        free at once, one after other frees, of a cache object, free(p + 1), free of a page the
- *        program mapped, free((void *)1) as the process's first call, a large double free) is
+ *        program mapped, free((void *)1) as the process's first call, a large double free,
+ *        free(p + 16 KiB) onto an object of p's new slab that was never handed out) is
  *        reported on stderr, naming what and which cache, and aborts (SIGABRT) before the
  *        object can be handed out twice; with bad_free=warn the process goes on and the next
  *        allocations are all distinct (nothing was corrupted)
@@ -194,6 +195,20 @@ static int misuse_child(int kind)
 		sa_free(q);
 		break;
 	}
+	case 8: { /* free(p + 16 KiB): a new slab's object that was never handed out */
+		char *p = sa_malloc(16);
+		sa_free(p + 16384);
+		/* accepted, it would sit on top of this CPU's sheaf and be handed out from there,
+		 * then again from the slab when the refills reach its index (1024) */
+		static void *many[1500];
+		for (int i = 0; i < 1500; i++)
+			many[i] = sa_malloc(16);
+		for (int i = 0; i < 1500; i++)
+			for (int k = 0; k < i; k++)
+				if (many[i] == many[k])
+					return 9;
+		break;
+	}
 	}
 	/* got past the misuse: whatever happens next must not hand out one block twice */
 	for (int i = 0; i < 64; i++)
@@ -228,9 +243,10 @@ static void test_misuse_aborts_by_default(void **state)
 					   "not a sheafalloc object",
 					   "not a sheafalloc object",
 					   "not an allocated block",
-					   "double free"};
+					   "double free",
+					   "never handed out"};
 	char err[4096];
-	for (int kind = 0; kind < 8; kind++) {
+	for (int kind = 0; kind < 9; kind++) {
 		int st = spawn_kind(kind, "", err, sizeof(err));
 		if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT)
 			fail_msg("misuse %d: no abort (status %#x); stderr: %s", kind, st, err);
