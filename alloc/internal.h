@@ -99,6 +99,7 @@ enum sa_stat_item {
 	SA_STAT_RCU_FREED,	     /* objects freed after their grace period */
 	SA_STAT_RCU_DEFERRED,	     /* sa_free_rcu calls a NOWAIT context had to defer */
 	SA_STAT_RCU_SLABS_DELAYED,   /* typesafe: slab releases delayed by a grace period */
+	SA_STAT_RCU_THROTTLED,	     /* sa_free_rcu waits for the RCU thread (rcu_max_pending) */
 	SA_NR_STATS
 };
 
@@ -404,6 +405,8 @@ struct sa_options {
 	unsigned purge_ms;
 	unsigned decay_ms; /* alloc/decay.c: interval of the decay passes; 0: none */
 	int background;	   /* alloc/decay.c: a thread runs the passes while the program idles */
+	size_t rcu_max_pending; /* alloc/rcu.c: bytes waiting for a grace period before
+				 * sa_free_rcu waits for the RCU thread; 0: no bound */
 	int verbose;
 	int topology_hwloc; /* topology=hwloc: load hwloc even on one node */
 };

@@ -27,6 +27,7 @@ struct sa_options sa_opt = {
 	.bad_free_abort = 1,
 	.purge_ms = 1000,
 	.decay_ms = 250,
+	.rcu_max_pending = 4u << 20,
 	.verbose = 0,
 };
 
@@ -90,6 +91,9 @@ static const struct opt_desc table[] = {
 	{"background", OPT_BOOL, &sa_opt.background, 0, 1, NULL,
 	 "a background thread runs the decay passes and purges, so memory also goes back while the "
 	 "program makes no allocator call (0: passes run only in allocation slow paths)"},
+	{"rcu_max_pending", OPT_SIZE, &sa_opt.rcu_max_pending, 0, ~0ull, NULL,
+	 "bytes of sa_free_rcu objects waiting for a grace period above which a freeing thread "
+	 "gives the RCU thread up to 2 ms to catch up (0: no bound)"},
 	{"topology", OPT_ENUM, &sa_opt.topology_hwloc, 0, 1, "auto|hwloc",
 	 "auto: load hwloc only on multi-node machines or when HWLOC_* gives a topology"},
 	{"verbose", OPT_BOOL, &sa_opt.verbose, 0, 1, NULL, "print the effective settings at start"},

@@ -32,6 +32,10 @@
  * sa_free_rcu, even if the program never frees again. A thread's exit leaves nothing behind
  * (the sheaves are per CPU).
  *
+ * A bound (option rcu_max_pending): a submission that finds more bytes waiting for a grace
+ * period than the bound waits for the thread, at most SA_RCU_THROTTLE_US, never where a grace
+ * period could wait for the caller (throttle, may_wait_for_gp).
+ *
  * Contexts that may not wait (SA_NOWAIT): the push and the exchange are rseq sections; a new
  * sheaf comes only from the barn's try-lock or existing metadata; a submission does not wake
  * the thread (a futex call): the next tick finds it. When there is no sheaf to be had, the
@@ -82,14 +86,86 @@ static bool kicked;		 /* rcu_lock: work arrived since the thread last looked */
 static bool hurry;		 /* rcu_lock: a barrier, trim or drain waits: do not gather */
 static _Atomic bool idle = true; /* the thread sleeps its tick (or there is none yet): wake it */
 
+/* Back-pressure (throttle): bytes of the objects on pending and of the slabs on pending_slabs
+ * (objects counted at their cache's object size: a large or huge block in the smallest class's
+ * rcu sheaf counts as that class's size), the liburcu flavors of every cache (their read-side
+ * sections must not wait), and the RCU thread's own marker. */
+static _Atomic uint64_t pending_bytes;
+#define SA_RCU_FLAVORS	   16
+#define SA_RCU_THROTTLE_US 2000
+static const struct rcu_flavor_struct *_Atomic flavors[SA_RCU_FLAVORS];
+static _Atomic bool flavors_overflow; /* more flavors than slots: never throttle */
+static _Atomic uint64_t throttle_timed_out_at = UINT64_MAX; /* `done` at a wait that timed out */
+static __thread bool in_rcu_thread;
+
 static void start_thread(void);
 static void ensure_thread(void);
+static void kick(bool now);
+static struct timespec deadline_us(long us);
 
 void (*sa_rcu_submit_test_hook)(void);
 
 void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavor)
 {
 	c->rcu = flavor ? flavor : &urcu_memb_flavor;
+	for (int i = 0; i < SA_RCU_FLAVORS; i++) {
+		const struct rcu_flavor_struct *f = NULL;
+		if (atomic_compare_exchange_strong(&flavors[i], &f, c->rcu) || f == c->rcu)
+			return;
+	}
+	atomic_store(&flavors_overflow, true);
+}
+
+/* May this thread wait for a grace period now? Not in a context that may not block, not in the
+ * RCU thread, and not inside a read-side section of any flavor in use (a QSBR thread that is
+ * online counts as inside: its grace periods wait for its next quiescent state). */
+static bool may_wait_for_gp(sa_flags_t flags)
+{
+	if (in_rcu_thread || !sa_may_block(flags) || atomic_load(&flavors_overflow))
+		return false;
+	for (int i = 0; i < SA_RCU_FLAVORS; i++) {
+		const struct rcu_flavor_struct *f = atomic_load(&flavors[i]);
+		if (!f)
+			break;
+		if (f->read_ongoing && f->read_ongoing())
+			return false;
+	}
+	return true;
+}
+
+/*
+ * After a submission: when more than rcu_max_pending bytes wait for a grace period (the RCU
+ * thread has fallen behind a thread that frees faster than it can process), the freeing thread
+ * gives it time: it hurries the thread (no gathering) and waits until half the bound is left
+ * or SA_RCU_THROTTLE_US passed. The wait is bounded because a grace period may depend on this
+ * very thread (a reader waiting for a lock the caller holds, as with synchronize_rcu under a
+ * lock): after a wait that timed out, nobody waits again until the thread has finished a
+ * batch. So the memory queued for a grace period stays near the bound while the thread can
+ * keep up at all, and sa_free_rcu never deadlocks.
+ */
+static void throttle(struct sa_cache *c, sa_flags_t flags)
+{
+	uint64_t max = sa_opt.rcu_max_pending;
+	if (!max || atomic_load_explicit(&pending_bytes, memory_order_relaxed) <= max ||
+	    !may_wait_for_gp(flags))
+		return;
+	pthread_mutex_lock(&rcu_lock);
+	bool skip = done == atomic_load(&throttle_timed_out_at);
+	pthread_mutex_unlock(&rcu_lock);
+	if (skip)
+		return;
+	sa_stat_add(c, SA_STAT_RCU_THROTTLED, 1);
+	kick(true);
+	int nc = sa_nocancel_begin(); /* a cancelled wait would return holding rcu_lock */
+	pthread_mutex_lock(&rcu_lock);
+	struct timespec ts = deadline_us(SA_RCU_THROTTLE_US);
+	int r = 0;
+	while (atomic_load(&pending_bytes) > max / 2 && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&rcu_done, &rcu_lock, &ts);
+	if (r == ETIMEDOUT)
+		atomic_store(&throttle_timed_out_at, done);
+	pthread_mutex_unlock(&rcu_lock);
+	sa_nocancel_end(nc);
 }
 
 /* ------------------------------------------------------------------ submission ------------- */
@@ -119,6 +195,8 @@ void sa_rcu_submit(struct sa_cache *c, struct sa_sheaf *s)
 	atomic_fetch_add(&submitted, 1);
 	if (SA_UNLIKELY(sa_rcu_submit_test_hook != NULL))
 		sa_rcu_submit_test_hook();
+	atomic_fetch_add_explicit(&pending_bytes, (uint64_t)s->size * c->size,
+				  memory_order_relaxed);
 	struct sa_sheaf *head = atomic_load_explicit(&pending, memory_order_relaxed);
 	do
 		s->next = head;
@@ -133,6 +211,8 @@ bool sa_rcu_slab_release(struct sa_cache *c, struct sa_slab *s)
 		return false;
 	sa_stat_add(c, SA_STAT_RCU_SLABS_DELAYED, 1);
 	atomic_fetch_add(&submitted, 1);
+	atomic_fetch_add_explicit(&pending_bytes, (uint64_t)s->nunits * SA_UNIT_SIZE,
+				  memory_order_relaxed);
 	struct sa_slab *head = atomic_load_explicit(&pending_slabs, memory_order_relaxed);
 	do
 		s->next = head;
@@ -170,6 +250,7 @@ static SA_NOINLINE void free_rcu_slow(struct sa_cache *c, void *obj, int why)
 			}
 			sa_rcu_submit(c, old);
 			ensure_thread(); /* its tick must find this sheaf, whoever fills it */
+			throttle(c, flags);
 		} else if (why != SA_WHY_UNREG) {
 			break;
 		}
@@ -186,6 +267,7 @@ static SA_NOINLINE void free_rcu_slow(struct sa_cache *c, void *obj, int why)
 	}
 	s->objects[s->size++] = obj;
 	sa_rcu_submit(c, s);
+	throttle(c, flags);
 }
 
 SA_API void sa_free_rcu(void *obj)
@@ -273,12 +355,13 @@ static bool run_batch(void)
 	struct sa_slab *sl = atomic_exchange_explicit(&pending_slabs, NULL, memory_order_acquire);
 	if (!sh && !sl)
 		return false;
-	uint64_t n = 0;
+	uint64_t n = 0, bytes = 0;
 	/* the distinct flavors of the batch (a handful at most: one per cache's args.rcu) */
 	const struct rcu_flavor_struct *fl[16];
 	unsigned nfl = 0;
 	bool overflow = false;
 	for (struct sa_sheaf *s = sh; s; s = s->next, n++) {
+		bytes += (uint64_t)s->size * s->cache->size; /* as sa_rcu_submit counted it */
 		unsigned i = 0;
 		while (i < nfl && fl[i] != s->cache->rcu)
 			i++;
@@ -290,6 +373,7 @@ static bool run_batch(void)
 		}
 	}
 	for (struct sa_slab *s = sl; s; s = s->next, n++) {
+		bytes += (uint64_t)s->nunits * SA_UNIT_SIZE;
 		const struct rcu_flavor_struct *f = s->cache->rcu;
 		unsigned i = 0;
 		while (i < nfl && fl[i] != f)
@@ -304,9 +388,12 @@ static bool run_batch(void)
 	atomic_fetch_sub(&pending_n, (unsigned)n);
 	for (unsigned i = 0; i < nfl; i++)
 		fl[i]->update_synchronize_rcu();
-	if (overflow) /* more than 16 flavors in one batch: wait for each sheaf's own */
+	if (overflow) { /* more than 16 flavors in one batch: wait for each one's own */
 		for (struct sa_sheaf *s = sh; s; s = s->next)
 			s->cache->rcu->update_synchronize_rcu();
+		for (struct sa_slab *s = sl; s; s = s->next)
+			s->cache->rcu->update_synchronize_rcu();
+	}
 	while (sh) {
 		struct sa_sheaf *next = sh->next;
 		sh->next = NULL;
@@ -325,6 +412,7 @@ static bool run_batch(void)
 		sa_slab_release_after_gp(sl->cache, sl);
 		sl = next;
 	}
+	atomic_fetch_sub(&pending_bytes, bytes);
 	pthread_mutex_lock(&rcu_lock);
 	done += n;
 	pthread_cond_broadcast(&rcu_done);
@@ -397,6 +485,7 @@ static void *rcu_main(void *arg)
 	/* the thread's allocations must not wait for itself: it never opens scopes, and its
 	 * frees run as any thread's */
 	atomic_store(&idle, false); /* awake: submissions kick only at SA_RCU_GATHER */
+	in_rcu_thread = true;	    /* its own submissions (tick) never wait for itself */
 	for (;;) {
 		gather();
 		pthread_mutex_lock(&gp_lock);
@@ -510,19 +599,21 @@ SA_API void sa_rcu_barrier(void)
 }
 
 /* In the child, with gp_lock and rcu_lock held and no other thread: a parent thread that was
- * inside sa_rcu_submit at the fork may have counted its sheaf in `submitted` (and pending_n)
- * without pushing it, and that push never happens here, so a barrier would wait forever for
+ * inside sa_rcu_submit at the fork may have counted its sheaf in `submitted` (and pending_n,
+ * pending_bytes) without pushing it, and that push never happens here, so a barrier would wait forever for
  * it (its objects stay out, like every object another parent thread held). The counters are
  * made to match the lists: what was processed, plus what is pending. */
 static void recount_after_fork(void)
 {
-	uint64_t n = 0;
-	for (struct sa_sheaf *s = atomic_load(&pending); s; s = s->next)
-		n++;
-	for (struct sa_slab *s = atomic_load(&pending_slabs); s; s = s->next)
-		n++;
+	uint64_t n = 0, bytes = 0;
+	for (struct sa_sheaf *s = atomic_load(&pending); s; s = s->next, n++)
+		bytes += (uint64_t)s->size * s->cache->size;
+	for (struct sa_slab *s = atomic_load(&pending_slabs); s; s = s->next, n++)
+		bytes += (uint64_t)s->nunits * SA_UNIT_SIZE;
 	atomic_store(&submitted, done + n);
 	atomic_store(&pending_n, (unsigned)n);
+	atomic_store(&pending_bytes, bytes);
+	atomic_store(&throttle_timed_out_at, UINT64_MAX);
 }
 
 /* fork: gp_lock before every allocator lock (the thread takes those under it), rcu_lock after

@@ -84,6 +84,7 @@ SA_API int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *o)
 	o->rcu_freed = ld(c, SA_STAT_RCU_FREED);
 	o->rcu_deferred = ld(c, SA_STAT_RCU_DEFERRED);
 	o->rcu_slabs_delayed = ld(c, SA_STAT_RCU_SLABS_DELAYED);
+	o->rcu_throttled = ld(c, SA_STAT_RCU_THROTTLED);
 	o->rcu_waiting = (o->rcu_queued > o->rcu_freed ? o->rcu_queued - o->rcu_freed : 0) +
 			 sa_pcs_rcu_waiting_racy(c);
 	return 0;
@@ -177,7 +178,8 @@ static void out_flush(struct outbuf *o)
 	X(sheaf_alloc_objects) X(remote_free) X(alloc_node_mismatch) X(alloc_fail) \
 	X(slabs_allocated) X(slabs_freed) X(remote_fences) X(bind_failures) X(slabs) \
 	X(objects_in_use) X(bytes_held) X(objects_cached) X(rcu_queued) X(rcu_sheaves) \
-	X(rcu_callbacks) X(rcu_freed) X(rcu_deferred) X(rcu_slabs_delayed) X(rcu_waiting)
+	X(rcu_callbacks) X(rcu_freed) X(rcu_deferred) X(rcu_slabs_delayed) X(rcu_waiting) \
+	X(rcu_throttled)
 #define SCOPE_FIELDS(X) \
 	X(nowait_allocs) X(nofs_allocs) X(noio_allocs) X(noreclaim_allocs) X(zero_allocs) \
 	X(nowarn_allocs) X(high_allocs) X(pin_allocs) X(scope_saves) X(scopes_refused) \

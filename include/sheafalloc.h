@@ -214,6 +214,8 @@ struct sa_cache_stats {
 	uint64_t rcu_deferred;	    /* sa_free_rcu calls a NOWAIT context had to put off */
 	uint64_t rcu_slabs_delayed; /* SA_CACHE_TYPESAFE_RCU: slab releases held for a GP */
 	uint64_t rcu_waiting;	    /* gauge: objects queued and not freed yet, per-CPU too */
+	uint64_t rcu_throttled;	    /* sa_free_rcu calls that waited for the RCU thread to catch
+				     * up (option rcu_max_pending) */
 };
 int sa_cache_stats(struct sa_cache *c, struct sa_cache_stats *out);
 

@@ -50,6 +50,10 @@
  *                                  (at the same address, as it happens); that cache's counters
  *                                  must stay consistent
  *
+ *   test_throttle                  rcu_max_pending while a reader blocks grace periods: a thread
+ *                                  inside a section of its own never waits, one outside waits
+ *                                  once (the wait times out) and goes on, 0 means no bound
+ *
  * fork() and the bounded time of sa_free_rcu are in tests/unit/rcu_fork.c (their forks need
  * TSan's deadlock detector off, see there).
  *
@@ -848,6 +852,73 @@ static void test_stats_consistency(void **state)
 	sa_cache_destroy(c);
 }
 
+/*
+ * rcu_max_pending (alloc/rcu.c throttle) while a reader blocks every grace period, so that the
+ * objects queued pass the bound and nothing is processed: a thread inside a read-side section
+ * of its own never waits (it could be what the grace period waits for); a thread outside waits
+ * exactly once (its wait times out: no batch can finish), then nobody waits again until the
+ * RCU thread finishes a batch, so the frees go on; with rcu_max_pending=0 nobody waits. After
+ * the reader leaves, a barrier frees everything.
+ */
+static void test_throttle(void **state)
+{
+	(void)state;
+	enum { N = 8000 }; /* 500 KiB of 64-byte objects per phase: 8x the bound */
+	size_t saved = sa_opt.rcu_max_pending;
+	sa_opt.rcu_max_pending = 64 << 10;
+	struct sa_cache *c = sa_cache_create("rcu-throttle", 64, NULL);
+	assert_non_null(c);
+	static void *objs[3][N];
+	for (int k = 0; k < 3; k++)
+		assert_int_equal(sa_cache_alloc_bulk(c, 0, N, objs[k]), N);
+	/* a batch finishes here, so no earlier test's timed-out wait carries over */
+	void *one = sa_cache_alloc(c, 0);
+	assert_non_null(one);
+	sa_free_rcu(one);
+	sa_rcu_barrier();
+	assert_int_equal(get_stats(c).rcu_throttled, 0);
+
+	struct holder h = {.check = check_nothing};
+	holder_start(&h);
+	/* 1: inside a section of the default flavor: never waits */
+	urcu_memb_register_thread();
+	urcu_memb_read_lock();
+	for (int i = 0; i < N; i++)
+		sa_free_rcu(objs[0][i]);
+	urcu_memb_read_unlock();
+	urcu_memb_unregister_thread();
+	holder_ask(&h);
+	struct sa_cache_stats s1 = get_stats(c);
+	assert_int_equal(s1.rcu_throttled, 0);
+	assert_true(s1.rcu_queued * 64 > 2 * sa_opt.rcu_max_pending); /* the bound was passed */
+	assert_int_equal(s1.rcu_freed, 1);
+	/* 2: outside every section: one wait (it times out), then none while nothing finishes */
+	for (int i = 0; i < N; i++)
+		sa_free_rcu(objs[1][i]);
+	holder_ask(&h);
+	struct sa_cache_stats s2 = get_stats(c);
+	assert_int_equal(s2.rcu_throttled, 1);
+	assert_int_equal(s2.rcu_freed, 1);
+	assert_int_equal(s2.rcu_waiting, 2 * N);
+	/* 3: no bound */
+	sa_opt.rcu_max_pending = 0;
+	for (int i = 0; i < N; i++)
+		sa_free_rcu(objs[2][i]);
+	holder_ask(&h);
+	assert_int_equal(get_stats(c).rcu_throttled, 1);
+	holder_leave(&h, "throttle");
+	assert_int_equal(atomic_load(&h.bad), 0);
+
+	sa_rcu_barrier();
+	struct sa_cache_stats s4 = get_stats(c);
+	assert_int_equal(s4.rcu_freed, 3 * N + 1);
+	assert_int_equal(s4.rcu_waiting, 0);
+	assert_int_equal(s4.rcu_throttled, 1);
+	rk_assert_cache_empty(c);
+	sa_cache_destroy(c);
+	sa_opt.rcu_max_pending = saved;
+}
+
 /* Value of "field" in the block of one cache: text ("  field   N") or JSON ("field": N). */
 static long long stat_in_text(const char *text, const char *cache, const char *field, int json)
 {
@@ -901,7 +972,7 @@ static void test_stats_print(void **state)
 		{"rcu_queued", s.rcu_queued},	    {"rcu_sheaves", s.rcu_sheaves},
 		{"rcu_callbacks", s.rcu_callbacks}, {"rcu_freed", s.rcu_freed},
 		{"rcu_deferred", s.rcu_deferred},   {"rcu_slabs_delayed", s.rcu_slabs_delayed},
-		{"rcu_waiting", s.rcu_waiting},
+		{"rcu_waiting", s.rcu_waiting},	    {"rcu_throttled", s.rcu_throttled},
 	};
 	for (unsigned i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
 		long long t = stat_in_text(text, "rcu-print", f[i].name, 0);
@@ -1068,6 +1139,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_stats_print),
 		cmocka_unit_test(test_custom_flavor),
 		cmocka_unit_test(test_destroy_typesafe),
+		cmocka_unit_test(test_throttle),
 	};
 	const char *filter = getenv("RCU_TEST_FILTER"); /* by hand: one test, e.g. "*fork*" */
 	if (filter && *filter)
