@@ -169,7 +169,9 @@ static struct sa_cache *cache_create(const char *name, size_t size,
 	c->capacity = capacity;
 	c->stride_recip = ((1ull << SA_RECIP_SHIFT) + stride - 1) / stride;
 	c->debug = debug;
-	if (debug) /* the key would disturb poisoning; the debug checks are stronger anyway */
+	/* the key would disturb poisoning, and the debug checks are stronger anyway; free_check=
+	 * light: no key (a malloc still clears the word it would be in: harmless) */
+	if (debug || !sa_opt.free_check_key)
 		internal &= ~SA_CACHE_KEYED_;
 	c->flags = args->flags | internal;
 	sa_rcu_cache_init(c, args->rcu);

@@ -6,8 +6,9 @@
  * Inlined into the public entry points, so __builtin_return_address(0) is the program's call
  * site: only the slow paths keep it (sa_caller), for the owner tracking of debugged caches
  * (alloc/debug.c). keyed (a constant): a malloc class, whose objects' second word held the
- * free key (sa_free_keyed), cleared here on the fast path; the slow paths clear it themselves
- * (every keyed cache's object), so a later free is not mistaken for a double free.
+ * free key (sa_free_keyed), cleared here on the fast path when the class is keyed (not under
+ * free_check=light or debug=, where the block is not touched); the slow paths clear it
+ * themselves (every keyed cache's object), so a later free is not mistaken for a double free.
  */
 #ifndef SA_CACHE_INLINE_H
 #define SA_CACHE_INLINE_H
@@ -26,7 +27,7 @@ static inline __attribute__((always_inline)) void *sa_cache_alloc_fast(struct sa
 	int why = 0;
 	void *obj = sa_pcs_pop_fast(c, &why);
 	if (SA_LIKELY(obj != NULL)) {
-		if (keyed)
+		if (keyed && (c->flags & SA_CACHE_KEYED_)) /* not under free_check=light */
 			((uint64_t *)obj)[1] = 0;
 		return obj;
 	}

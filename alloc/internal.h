@@ -402,6 +402,7 @@ struct sa_options {
 	unsigned debug;	 /* SA_DEBUG_* (alloc/debug.c) */
 	int scope_check_abort;
 	int bad_free_abort; /* bad_free=abort: a bad free is reported, then the process aborts */
+	int free_check_key; /* free_check=key: the malloc classes are keyed (sa_free_keyed) */
 	unsigned purge_ms;
 	unsigned decay_ms; /* alloc/decay.c: interval of the decay passes; 0: none */
 	int background;	   /* alloc/decay.c: a thread runs the passes while the program idles */

@@ -25,6 +25,7 @@ struct sa_options sa_opt = {
 	.debug = 0,
 	.scope_check_abort = 0,
 	.bad_free_abort = 1,
+	.free_check_key = 1,
 	.purge_ms = 1000,
 	.decay_ms = 250,
 	.rcu_max_pending = 4u << 20,
@@ -83,6 +84,10 @@ static const struct opt_desc table[] = {
 	 "what a scope restored out of order does"},
 	{"bad_free", OPT_ENUM, &sa_opt.bad_free_abort, 0, 1, "warn|abort",
 	 "what a bad free (double free, foreign or interior pointer) does after its report"},
+	{"free_check", OPT_ENUM, &sa_opt.free_check_key, 0, 1, "light|key",
+	 "key: every malloc free reads and writes the block's second word, so a double free after "
+	 "other frees and a free of a never-allocated object are caught at once; light: free never "
+	 "touches the block (a double free is caught on this CPU's sheaf top or at the flush)"},
 	{"purge_ms", OPT_UINT, &sa_opt.purge_ms, 0, 3600000, NULL,
 	 "delay before free pages are returned to the OS"},
 	{"decay_ms", OPT_UINT, &sa_opt.decay_ms, 0, 3600000, NULL,

@@ -119,10 +119,10 @@ static int fb_push(struct sa_cache *c, void *obj, int node)
 	int why = 0;
 	if (slot->node != node) {
 		why = SA_WHY_REMOTE;
+	} else if (t[-1] == obj) { /* before the full test: a full sheaf's top counts too */
+		why = SA_WHY_DOUBLE;
 	} else if (*t == SA_SHEAF_GUARD) {
 		why = SA_WHY_FULL;
-	} else if (t[-1] == obj) {
-		why = SA_WHY_DOUBLE;
 	} else if ((top >> SA_TOP_OPS_SHIFT) >= SA_TOP_OPS_MAX - 1) {
 		fb_fold_main(c, slot);
 		why = SA_WHY_RETRY;

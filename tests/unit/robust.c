@@ -18,6 +18,8 @@
  *        reported on stderr, naming what and which cache, and aborts (SIGABRT) before the
  *        object can be handed out twice; with bad_free=warn the process goes on and the next
  *        allocations are all distinct (nothing was corrupted)
+ *   test_free_check_option  free_check=light: a free leaves the freed block's bytes alone (the
+ *        default, key, writes its key there); an immediate double free still aborts
  */
 #include "sa_test.h"
 
@@ -261,8 +263,53 @@ static void test_misuse_aborts_by_default(void **state)
 	}
 }
 
+/* free_check=light: a malloc free neither reads nor writes the block (the key is off): the
+ * program's bytes in a freed block stay as they were; exit 0 if so, 7 if the free wrote. */
+static int light_child(void)
+{
+	uint64_t *p = sa_malloc(64);
+	if (!p)
+		return 8;
+	memset(p, 0x5a, 64);
+	sa_free(p);
+	uint64_t w = __atomic_load_n(&p[1], __ATOMIC_RELAXED); /* our own memory, still mapped */
+	return w == 0x5a5a5a5a5a5a5a5aull ? 0 : 7;
+}
+
+static int spawn_light(const char *opts, char *err, size_t errlen)
+{
+	char env_opt[256];
+	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s", opts);
+	char *envp[] = {env_opt, NULL};
+	char *argv[] = {"robust", "--light-child", NULL};
+	return spawn_self(argv, envp, err, errlen);
+}
+
+/* free_check: key (the default) writes the key into a freed malloc block; light does not touch
+ * the block, and still catches a double free on top of this CPU's sheaf (abort). */
+static void test_free_check_option(void **state)
+{
+	(void)state;
+	if (running_on_valgrind())
+		skip();
+	char err[4096];
+	int st = spawn_light("free_check=light", err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("free_check=light: status %#x (7: the free wrote into the block); %s", st,
+			 err);
+	st = spawn_light("", err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 7)
+		fail_msg("free_check=key: status %#x (0: the free left the block alone); %s", st,
+			 err);
+	st = spawn_kind(0, "free_check=light", err, sizeof(err));
+	if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT || !strstr(err, "double free"))
+		fail_msg("free_check=light, double free at once: status %#x; %s", st, err);
+}
+
 int main(int argc, char **argv)
 {
+	if (argc > 1 && strcmp(argv[1], "--light-child") == 0)
+		return light_child();
 	if (argc > 1 && strcmp(argv[1], "--handler-child") == 0)
 		return handler_child();
 	if (argc > 2 && strcmp(argv[1], "--misuse") == 0)
@@ -273,6 +320,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_huge_block_interior_pointers),
 		cmocka_unit_test(test_malloc_from_handler_during_start),
 		cmocka_unit_test(test_misuse_aborts_by_default),
+		cmocka_unit_test(test_free_check_option),
 	};
 	return cmocka_run_group_tests_name("robust", tests, NULL, NULL);
 }

@@ -140,12 +140,13 @@ static inline __attribute__((always_inline)) int sa_rseq_push(struct sa_pcs_slot
 			  "movq 16(%[idx]), %[st]\n\t"
 			  "movabsq $0xffffffffffff, %[t]\n\t"
 			  "andq %[st], %[t]\n\t"
-			  "cmpq $1, (%[t])\n\t"
-			  "je %l[full]\n\t"
 			  /* the last object pushed again: a double free (the guard below objects[0]
-			   * never equals an object) */
+			   * never equals an object); before the full test, so that a full sheaf's
+			   * top is checked too */
 			  "cmpq %[obj], -8(%[t])\n\t"
 			  "je %l[dfree]\n\t"
+			  "cmpq $1, (%[t])\n\t"
+			  "je %l[full]\n\t"
 			  "movq %[obj], (%[t])\n\t"
 			  "movabsq $0x1000000000008, %[t]\n\t"
 			  "addq %[t], %[st]\n\t"
