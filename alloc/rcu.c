@@ -87,9 +87,8 @@ static bool hurry;		 /* rcu_lock: a barrier, trim or drain waits: do not gather 
 static _Atomic bool idle = true; /* the thread sleeps its tick (or there is none yet): wake it */
 
 /* Back-pressure (throttle): bytes of the objects on pending and of the slabs on pending_slabs
- * (objects counted at their cache's object size: a large or huge block in the smallest class's
- * rcu sheaf counts as that class's size), the liburcu flavors of every cache (their read-side
- * sections must not wait), and the RCU thread's own marker. */
+ * (sheaf_bytes), the liburcu flavors of every cache (their read-side sections must not wait),
+ * and the RCU thread's own marker. */
 static _Atomic uint64_t pending_bytes;
 #define SA_RCU_FLAVORS	   16
 #define SA_RCU_THROTTLE_US 2000
@@ -104,6 +103,27 @@ static void kick(bool now);
 static struct timespec deadline_us(long us);
 
 void (*sa_rcu_submit_test_hook)(void);
+
+/* What a submitted sheaf holds, for pending_bytes: its objects at their cache's object size;
+ * the smallest malloc class's rcu sheaves also carry large and huge blocks, counted at their
+ * usable size (one lookup per object, on that class's submissions only; a huge block aligned
+ * to 4 MiB, which only a list under a lock knows, counts as a small object). The same value at
+ * submission and after the grace period: the objects are untouched in between. */
+static uint64_t sheaf_bytes(const struct sa_sheaf *s)
+{
+	struct sa_cache *c = s->cache;
+	if (c != sa_rcu_block_cache())
+		return (uint64_t)s->size * c->size;
+	uint64_t b = 0;
+	for (unsigned i = 0; i < s->size; i++) {
+		struct sa_slab *sl = sa_slab_of(s->objects[i]);
+		struct sa_cache *oc = sl ? __atomic_load_n(&sl->cache, __ATOMIC_ACQUIRE) : NULL;
+		/* a block in units: its size from its records, no lock (a NOWAIT submission may
+		 * come here); a 4 MiB-aligned huge block has no record and counts as an object */
+		b += oc && sa_malloc_marker(oc) ? sa_malloc_usable_size(s->objects[i]) : c->size;
+	}
+	return b;
+}
 
 void sa_rcu_cache_init(struct sa_cache *c, const struct rcu_flavor_struct *flavor)
 {
@@ -195,8 +215,7 @@ void sa_rcu_submit(struct sa_cache *c, struct sa_sheaf *s)
 	atomic_fetch_add(&submitted, 1);
 	if (SA_UNLIKELY(sa_rcu_submit_test_hook != NULL))
 		sa_rcu_submit_test_hook();
-	atomic_fetch_add_explicit(&pending_bytes, (uint64_t)s->size * c->size,
-				  memory_order_relaxed);
+	atomic_fetch_add_explicit(&pending_bytes, sheaf_bytes(s), memory_order_relaxed);
 	struct sa_sheaf *head = atomic_load_explicit(&pending, memory_order_relaxed);
 	do
 		s->next = head;
@@ -361,7 +380,7 @@ static bool run_batch(void)
 	unsigned nfl = 0;
 	bool overflow = false;
 	for (struct sa_sheaf *s = sh; s; s = s->next, n++) {
-		bytes += (uint64_t)s->size * s->cache->size; /* as sa_rcu_submit counted it */
+		bytes += sheaf_bytes(s); /* as sa_rcu_submit counted it */
 		unsigned i = 0;
 		while (i < nfl && fl[i] != s->cache->rcu)
 			i++;
@@ -607,7 +626,7 @@ static void recount_after_fork(void)
 {
 	uint64_t n = 0, bytes = 0;
 	for (struct sa_sheaf *s = atomic_load(&pending); s; s = s->next, n++)
-		bytes += (uint64_t)s->size * s->cache->size;
+		bytes += sheaf_bytes(s);
 	for (struct sa_slab *s = atomic_load(&pending_slabs); s; s = s->next, n++)
 		bytes += (uint64_t)s->nunits * SA_UNIT_SIZE;
 	atomic_store(&submitted, done + n);

@@ -53,6 +53,8 @@
  *   test_throttle                  rcu_max_pending while a reader blocks grace periods: a thread
  *                                  inside a section of its own never waits, one outside waits
  *                                  once (the wait times out) and goes on, 0 means no bound
+ *   test_throttle_blocks           a 3 MiB block freed with sa_free_rcu counts at its size
+ *                                  toward the bound (not at the 16-byte class's that carries it)
  *
  * fork() and the bounded time of sa_free_rcu are in tests/unit/rcu_fork.c (their forks need
  * TSan's deadlock detector off, see there).
@@ -919,6 +921,41 @@ static void test_throttle(void **state)
 	sa_opt.rcu_max_pending = saved;
 }
 
+/* A huge block in the smallest class's rcu sheaf counts at its size, not the class's: with a
+ * 1 MiB bound, one 3 MiB block and small objects that fill the sheaf make its submission wait
+ * (once: a reader blocks the grace period). Pinned: one CPU's rcu sheaf carries them all. */
+static void test_throttle_blocks(void **state)
+{
+	(void)state;
+	enum { SMALL = 2000 }; /* 31 KiB at 16 B each: far below the bound alone */
+	size_t saved = sa_opt.rcu_max_pending;
+	sa_opt.rcu_max_pending = 1 << 20;
+	struct sa_cache *bc = rcu_cache_of(sa_malloc(16)); /* the 16-byte class (leaked: 16 B) */
+	static void *small[SMALL];
+	for (int i = 0; i < SMALL; i++)
+		assert_non_null(small[i] = sa_malloc(16));
+	void *huge = sa_malloc((size_t)3 << 20);
+	assert_non_null(huge);
+	assert_ptr_equal(rcu_cache_of(huge), bc);
+	void *one = sa_malloc(16);
+	sa_free_rcu(one);
+	sa_rcu_barrier(); /* a batch finishes: no earlier timed-out wait carries over */
+	uint64_t t0 = get_stats(bc).rcu_throttled;
+	struct holder h = {.check = check_nothing};
+	holder_start(&h);
+	sa_free_rcu(huge);
+	for (int i = 0; i < SMALL; i++)
+		sa_free_rcu(small[i]);
+	holder_ask(&h);
+	struct sa_cache_stats s1 = get_stats(bc);
+	holder_leave(&h, "throttle of blocks");
+	sa_rcu_barrier();
+	sa_opt.rcu_max_pending = saved;
+	assert_true(s1.rcu_sheaves > 0); /* the sheaf with the block was submitted */
+	assert_int_equal(s1.rcu_throttled - t0, 1);
+	assert_int_equal(get_stats(bc).rcu_waiting, 0);
+}
+
 /* Value of "field" in the block of one cache: text ("  field   N") or JSON ("field": N). */
 static long long stat_in_text(const char *text, const char *cache, const char *field, int json)
 {
@@ -1140,6 +1177,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_custom_flavor),
 		cmocka_unit_test(test_destroy_typesafe),
 		cmocka_unit_test(test_throttle),
+		cmocka_unit_test_setup_teardown(test_throttle_blocks, pin_first, unpin),
 	};
 	const char *filter = getenv("RCU_TEST_FILTER"); /* by hand: one test, e.g. "*fork*" */
 	if (filter && *filter)
