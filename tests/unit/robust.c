@@ -142,6 +142,16 @@ static void test_malloc_from_handler_during_start(void **state)
 /* ------------------------------------------------------------------ always-on checks -------- */
 #include <sys/mman.h>
 
+/* true if the n pointers are all different (no block handed out twice) */
+static bool all_distinct(void *const *v, int n)
+{
+	for (int i = 0; i < n; i++)
+		for (int k = 0; k < i; k++)
+			if (v[i] == v[k])
+				return false;
+	return true;
+}
+
 /* One misuse each; the child must not get past it (bad_free=abort by default). */
 static int misuse_child(int kind)
 {
@@ -205,32 +215,32 @@ static int misuse_child(int kind)
 		static void *many[1500];
 		for (int i = 0; i < 1500; i++)
 			many[i] = sa_malloc(16);
-		for (int i = 0; i < 1500; i++)
-			for (int k = 0; k < i; k++)
-				if (many[i] == many[k])
-					return 9;
+		if (!all_distinct(many, 1500))
+			return 9;
 		break;
 	}
 	}
 	/* got past the misuse: whatever happens next must not hand out one block twice */
 	for (int i = 0; i < 64; i++)
 		seen[i] = sa_malloc(40);
-	for (int i = 0; i < 64; i++)
-		for (int k = 0; k < i; k++)
-			if (seen[i] == seen[k])
-				return 9;
-	return 0;
+	return all_distinct(seen, 64) ? 0 : 9;
+}
+
+/* This binary again, as `robust mode [arg]`, with SHEAFALLOC_OPTIONS=opts and nothing else. */
+static int spawn_mode(const char *mode, const char *arg, const char *opts, char *err, size_t errlen)
+{
+	char env_opt[256];
+	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s", opts);
+	char *envp[] = {env_opt, NULL};
+	char *argv[] = {"robust", (char *)mode, (char *)arg, NULL};
+	return spawn_self(argv, envp, err, errlen);
 }
 
 static int spawn_kind(int kind, const char *opts, char *err, size_t errlen)
 {
 	char k[16];
 	snprintf(k, sizeof(k), "%d", kind);
-	char env_opt[256];
-	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s", opts);
-	char *envp[] = {env_opt, NULL};
-	char *argv[] = {"robust", "--misuse", k, NULL};
-	return spawn_self(argv, envp, err, errlen);
+	return spawn_mode("--misuse", k, opts, err, errlen);
 }
 
 static void test_misuse_aborts_by_default(void **state)
@@ -278,11 +288,7 @@ static int light_child(void)
 
 static int spawn_light(const char *opts, char *err, size_t errlen)
 {
-	char env_opt[256];
-	snprintf(env_opt, sizeof(env_opt), "SHEAFALLOC_OPTIONS=%s", opts);
-	char *envp[] = {env_opt, NULL};
-	char *argv[] = {"robust", "--light-child", NULL};
-	return spawn_self(argv, envp, err, errlen);
+	return spawn_mode("--light-child", NULL, opts, err, errlen);
 }
 
 /* free_check: key (the default) writes the key into a freed malloc block; light does not touch
